@@ -32,6 +32,9 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+LOCAL_DATA_SUFFIXES = {".json", ".jsonl", ".parquet", ".csv"}
+
+
 class DatasetConfig(_Strict):
     """Where the SFT data comes from and how an example becomes (prompt, response) text."""
 
@@ -54,6 +57,14 @@ class DatasetConfig(_Strict):
     )
     max_length: int = Field(512, gt=0, description="truncate prompt+response to this many tokens")
     max_examples: int | None = Field(None, gt=0, description="use only the first N examples")
+
+    @field_validator("path")
+    @classmethod
+    def _local_file_exists(cls, v: str) -> str:
+        # A path with a data-file suffix is a local file: check it now, not an hour into a sweep.
+        if Path(v).suffix.lower() in LOCAL_DATA_SUFFIXES and not Path(v).is_file():
+            raise ValueError(f"file not found: {v} (relative paths are relative to the current directory)")
+        return v
 
     @field_validator("prompt_format")
     @classmethod
@@ -158,6 +169,15 @@ class RunConfig(_Strict):
         )
         if uses_toy and self.toy is None:
             self.toy = ToyConfig()
+        if uses_toy:
+            from harness.toy import valid_refs
+
+            refs = [("model", self.model)] + ([("dataset.path", self.dataset.path)] if self.dataset else [])
+            for field, ref in refs:
+                if ref.startswith("toy:") and ref not in valid_refs(self.toy):
+                    raise ValueError(
+                        f"{field}: unknown toy reference '{ref}'; valid: {', '.join(valid_refs(self.toy))}"
+                    )
         return self
 
     @property

@@ -14,12 +14,14 @@ from typing import Any
 
 import torch
 
-from harness.config import ConfigError, DatasetConfig
+from harness.config import LOCAL_DATA_SUFFIXES, ConfigError, DatasetConfig
 
 log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
+# datasets' builder for each local file suffix
 _LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+assert set(_LOCAL_FORMATS) == LOCAL_DATA_SUFFIXES
 
 
 def load_raw(cfg: DatasetConfig, path: str):

@@ -74,6 +74,9 @@ def test_grid_axes_are_cartesian(tmp_path):
         (lambda d: d["base"].pop("dataset"), "dataset"),
         (lambda d: d["base"]["dataset"].update(prompt_format="Q:"), "prompt_format"),
         (lambda d: d["base"]["eval"].update(limit=0), "limit"),
+        (lambda d: d["base"]["dataset"].update(path="no/such/file.jsonl"), "file not found"),
+        (lambda d: d["base"]["dataset"].update(path="toy:math/validation"), "unknown toy reference"),
+        (lambda d: d["base"].update(model="toy:large"), "toy:base"),
     ],
 )
 def test_bad_sweep_files_fail_with_one_line_naming_the_field(tmp_path, mutate, needle):
@@ -94,3 +97,16 @@ def test_missing_or_malformed_file(tmp_path):
     bad.write_text("name: [unclosed")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_sweep_config(bad)
+
+
+def test_cli_rejects_bad_sweep_with_exit_2_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    from harness.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    data = _demo()
+    data["variants"]["otr"]["objective"]["k"] = 0
+    path = _write(tmp_path, data)
+    assert main(["sweep", "run", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "k" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep.yaml"]  # no runs/, no reports/
