@@ -14,6 +14,7 @@ EPILOG = """examples:
   otr-harness sweep run sweeps/demo.yaml       # train + evaluate every pending run, then report
   otr-harness sweep status runs/demo           # done / pending / failed per run
   otr-harness report runs/demo                 # results.csv, report.md, report.html
+  otr-harness report runs/a --compare runs/b   # ... with sweep b's numbers beside a's
   otr-harness train run.yaml --out runs/one    # one training run on its own
   otr-harness eval runs/demo/<run> --suite toy # evaluate a checkpoint or run directory
 """
@@ -49,22 +50,24 @@ def _cmd_sweep_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _report(sweep_dir: Path, out: Path | None) -> int:
+def _report(sweep_dir: Path, out: Path | None, compare: Path | None = None) -> int:
     from harness import report
 
     out = out or Path("reports") / sweep_dir.name
-    paths = report.render(sweep_dir, out)
+    paths = report.render(sweep_dir, out, compare=compare)
     print(f"report: {paths['md']}")
     print(f"report: {paths['html'].resolve()}")
     return 0
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    if not (Path(args.dir) / "plan.json").exists() and not list(Path(args.dir).glob("*/config.yaml")):
-        raise ConfigError(
-            f"{args.dir}: not a sweep directory (no runs found); pass the directory 'sweep run' wrote"
-        )
-    return _report(Path(args.dir), Path(args.out) if args.out else None)
+    for d in [args.dir] + ([args.compare] if args.compare else []):
+        if not (Path(d) / "plan.json").exists() and not list(Path(d).glob("*/config.yaml")):
+            raise ConfigError(
+                f"{d}: not a sweep directory (no runs found); pass the directory 'sweep run' wrote"
+            )
+    compare = Path(args.compare) if args.compare else None
+    return _report(Path(args.dir), Path(args.out) if args.out else None, compare)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -151,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="aggregate a sweep directory into results.csv, report.md, report.html")
     p.add_argument("dir", help="sweep directory, e.g. runs/demo")
     p.add_argument("--out", help="output directory (default: reports/<sweep dir name>)")
+    p.add_argument("--compare", metavar="DIR2", help="a second sweep directory to show beside the first")
     p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("train", help="run one training from a run config YAML")

@@ -1,114 +1,511 @@
-"""The report is a pure function of run directories: check its numbers, its escaping, partial sweeps."""
+"""The report is a pure function of run directories: its numbers, its statistics, its escaping, partial
+sweeps, and the HTML as a browser shows it. Run directories are synthetic (written as ``harness.rundir``
+lays them out), so every number here is known in advance."""
 
 from __future__ import annotations
 
+import html as htmlmod
 import json
+import math
+import re
+import shutil
+import subprocess
+import zlib
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
 from harness import report
+from harness.cli import main
 from harness.rundir import RunDir, atomic_write_json
 
+TASKS = {  # task -> (domain, split)
+    "toy_math_id": ("math", "id"),
+    "toy_math_ood": ("math", "ood"),
+    "toy_code_ood": ("code", "ood"),
+}
+METRIC = "exact_match,strict-match"
 
-def _make_run(sweep: Path, run_id: str, variant: str, seed: int | None, scores: dict[str, float], done=True):
+
+def _make_run(
+    sweep: Path,
+    run_id: str,
+    variant: str,
+    seed: int | None,
+    scores: dict[str, list[float]],
+    *,
+    objective: dict | None = None,
+    lr: float = 1e-3,
+    done: bool = True,
+    responses: dict[int, str] | None = None,
+) -> RunDir:
+    """A run directory; ``scores[task]`` are the per-question scores (the task's value is their mean)."""
     run = RunDir(sweep / run_id)
-    cfg = {"model": "m", "seed": seed or 0}
-    if variant != "base":
-        cfg["objective"] = {"name": variant}
     run.path.mkdir(parents=True)
+    is_base = variant == "base"
+    cfg = {"model": "toy:base", "seed": seed or 0}
+    if not is_base:
+        cfg["objective"] = objective or {"name": variant}
+        cfg["training"] = {"learning_rate": lr, "max_steps": 3}
+        cfg["dataset"] = {"path": "toy:math/train"}
     run.config_file.write_text(yaml.safe_dump(cfg))
-    atomic_write_json(run.path / "meta.json", {"variant": variant})
-    if variant != "base":
+    atomic_write_json(run.path / "meta.json", {"variant": variant, "sweep": "demo"})
+    if not is_base:
         run.mark_done("train")
-        run.train_dir.mkdir()
+        run.train_dir.mkdir(parents=True, exist_ok=True)
+        scale = 1 + (seed or 0) * 0.1
         run.metrics_file.write_text(
-            "".join(json.dumps({"step": s, "loss": 2.0 / s, "token_acc": 0.1 * s}) + "\n" for s in (1, 2, 3))
+            "".join(
+                json.dumps(
+                    {
+                        "step": s,
+                        "loss": 2.0 / s * scale,
+                        "token_acc": 0.1 * s,
+                        "entropy": 3.0 - 0.5 * s,
+                        "p_gt": 0.05 * s,
+                        "nll": 2.5 / s,
+                    }
+                )
+                + "\n"
+                for s in (1, 2, 3)
+            )
+        )
+        k = (cfg["objective"].get("k") or 0) if cfg["objective"]["name"] == "otr" else 0
+        atomic_write_json(
+            run.summary_file,
+            {
+                "wall_time_s": 10.0 * (1 + k / 16) + (seed or 0),
+                "train_runtime_s": 9.0,
+                "steps": 3,
+                "response_tokens": 1000,
+                "sampled_tokens": 1000 * k,
+                "peak_memory_mb": 500.0 + k,
+                "flos": 1e9,
+            },
         )
     if not done:
         return run
-    tasks = {
-        t: {
-            "domain": "math",
-            "split": t.rsplit("_", 1)[-1],
-            "metric": "exact_match,x",
-            "value": v,
+    tasks = {}
+    for task, per_q in scores.items():
+        domain, split = TASKS[task]
+        tasks[task] = {
+            "domain": domain,
+            "split": split,
+            "metric": METRIC,
+            "value": float(np.mean(per_q)),
             "stderr": 0.01,
-            "n": 40,
+            "n": len(per_q),
         }
-        for t, v in scores.items()
-    }
+        lines = []
+        for q, score in enumerate(per_q):
+            resp = (responses or {}).get(q, f" answer {q}")
+            entry = {
+                "doc_id": q,
+                "doc": {"question": f"What is {q} + 1?"},
+                "target": f" {q + 1}",
+                "arguments": [[f"Question: What is {q} + 1?\nAnswer:", {"until": ["\n"]}]],
+                "resps": [[resp]],
+                "filtered_resps": [resp.strip()],
+                "metrics": ["exact_match"],
+            }
+            # lm-eval logs every document once per filter: only the primary metric's filter counts.
+            lines.append({**entry, "filter": "strict-match", "exact_match": score})
+            lines.append({**entry, "filter": "flexible-extract", "exact_match": 1.0 - score})
+        (run.eval_dir("toy")).mkdir(parents=True, exist_ok=True)
+        (run.eval_dir("toy") / f"samples_{task}.jsonl").write_text(
+            "".join(json.dumps(x) + "\n" for x in lines)
+        )
     atomic_write_json(run.eval_dir("toy") / "results.json", {"suite": "toy", "tasks": tasks})
     run.mark_done("eval")
     return run
 
 
-@pytest.fixture
-def sweep(tmp_path):
-    d = tmp_path / "runs" / "demo"
-    _make_run(d, "base-1", "base", None, {"toy_math_id": 0.25, "toy_math_ood": 0.10})
-    _make_run(d, "sft-s0-2", "sft", 0, {"toy_math_id": 0.50, "toy_math_ood": 0.20})
-    _make_run(d, "sft-s1-3", "sft", 1, {"toy_math_id": 0.60, "toy_math_ood": 0.30})
-    _make_run(d, "otr-s0-4", "otr", 0, {"toy_math_id": 0.40, "toy_math_ood": 0.35})
-    _make_run(d, "otr-s1-5", "otr", 1, {}, done=False)  # still pending: must be listed, not crash
-    atomic_write_json(d / "plan.json", {"runs": ["base-1", "sft-s0-2", "sft-s1-3", "otr-s0-4", "otr-s1-5"]})
-    return d
+def _scores(p: float, seed: int, n: int = 30) -> list[float]:
+    """Deterministic 0/1 per-question scores with accuracy about p."""
+    rng = np.random.default_rng(seed)
+    return [float(x) for x in (rng.random(n) < p)]
 
 
-def test_tidy_table_and_seed_statistics(sweep):
-    results, runs = report.collect(sweep)
-    assert len(results) == 8  # 4 evaluated runs × 2 tasks
-    assert set(results.columns) >= {
+def _all_tasks(p_id: float, p_ood: float, seed: int) -> dict[str, list[float]]:
+    return {
+        "toy_math_id": _scores(p_id, seed),
+        "toy_math_ood": _scores(p_ood, seed + 100),
+        "toy_code_ood": _scores(p_ood * 0.8, seed + 200),
+    }
+
+
+def _build_rich_sweep(d: Path) -> list[str]:
+    """Base, SFT, OTR at K in {1, 4, 16} (+ tau and beta ablations and the beta/lr pair), exact OTR,
+    a failed run and a planned run that has no directory yet."""
+    ids = []
+
+    def add(run_id, variant, seed, p_id, p_ood, **kw):
+        _make_run(d, run_id, variant, seed, _all_tasks(p_id, p_ood, zlib.crc32(run_id.encode()) % 1000), **kw)
+        ids.append(run_id)
+
+    add("base", "base", None, 0.2, 0.4)
+    for s in (0, 1):
+        add(f"sft-s{s}", "sft", s, 0.5 + 0.05 * s, 0.3, lr=1e-3)
+        for k, p in ((1, 0.5), (4, 0.6), (16, 0.8)):
+            otr = {"name": "otr", "k": k, "tau": 1.2, "beta": -0.1}
+            add(f"otr-k{k}-s{s}", f"otr-k{k}", s, p + 0.02 * s, 0.38, objective=otr)
+    add("otr_exact-s0", "otr_exact", 0, 0.85, 0.4, objective={"name": "otr_exact", "tau": 1.2, "beta": -0.1})
+    add("otr-tau1-s0", "otr-tau1", 0, 0.7, 0.35, objective={"name": "otr", "k": 16, "tau": 1.0, "beta": -0.1})
+    add("otr-b0-s0", "otr-b0", 0, 0.75, 0.35, objective={"name": "otr", "k": 16, "tau": 1.2, "beta": 0.0})
+    add(
+        "otr-b0-lr-s0",
+        "otr-b0-lr",
+        0,
+        0.78,
+        0.35,
+        objective={"name": "otr", "k": 16, "tau": 1.2, "beta": 0.0},
+        lr=1e-3 / 1.1,  # lr0 / (1 - beta) at beta = -0.1
+    )
+    broken = _make_run(d, "broken-s0", "broken", 0, {}, done=False)
+    broken.mark_failed("eval", "Traceback ...\nKeyError: 'no_such_field'")
+    ids.append("broken-s0")
+    ids.append("later-s0-0123abcd")  # planned, never started
+    atomic_write_json(d / "plan.json", {"sweep": "demo", "runs": ids})
+    return ids
+
+
+@pytest.fixture(scope="module")
+def rich(tmp_path_factory):
+    """The rich sweep rendered once (with a reference file that matches it); tests read the outputs."""
+    root = tmp_path_factory.mktemp("rich")
+    d = root / "runs" / "demo"
+    _build_rich_sweep(d)
+    refs = root / "reference"
+    refs.mkdir()
+    (refs / "toy_paper.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "source": "Toy paper, Table 9",
+                "metric": "accuracy (%)",
+                "benchmarks": {"toyid": ["toy_math_id"], "gsm8k": ["gsm8k"]},
+                "results": [
+                    {
+                        "model": "toy:base",
+                        "train_data": "toy",
+                        "scores": {"base": {"toyid": 12.5}, "sft": {"toyid": 48.25}},
+                    },
+                    {"model": "other/model", "scores": {"base": {"toyid": 99.0}}},
+                ],
+            }
+        )
+    )
+    paths = report.render(d, root / "out", reference_dir=refs)
+    return d, root / "out", paths
+
+
+# ------------------------------------------------------------------------------------- collect
+def test_tidy_table_has_every_knob_and_lists_every_run(rich):
+    d, _, _ = rich
+    results, runs = report.collect(d)
+    assert len(results) == 13 * 3  # 13 evaluated runs × 3 tasks; the failed and planned runs add no rows
+    cols = list(results.columns)
+    for c in [
         "run_id",
-        "variant",
+        "method",
         "seed",
+        "suite",
         "task",
         "split",
         "metric",
         "value",
         "stderr",
         "n",
-    }
-    assert list(runs["variant"]) == ["base", "sft", "sft", "otr", "otr"]
-    assert list(runs["status"]) == ["done", "done", "done", "done", "partial"]
-    table = report.main_table(results, ["base", "sft", "otr"])
-    sft_id = table[(table.variant == "sft") & (table.task == "toy_math_id")].iloc[0]
-    assert sft_id["mean"] == pytest.approx(0.55)
-    assert sft_id["std"] == pytest.approx(pd.Series([0.5, 0.6]).std())  # sample std, ddof=1: 0.0707
-    assert sft_id["n"] == 2
+        "learning_rate",
+    ]:
+        assert c in cols, c
+    assert {"param_k", "param_tau", "param_beta"} <= set(cols)
+    exact = results[results.method == "otr_exact"].iloc[0]
+    assert math.isnan(exact.param_k) and exact.param_tau == 1.2  # exact OTR has no K
+    k1 = results[results.run_id == "otr-k1-s0"].iloc[0]
+    assert (k1.param_k, k1.objective, k1.seed, k1.learning_rate) == (1, "otr", 0, 1e-3)
+    status = dict(zip(runs.run_id, runs.status, strict=True))
+    assert status["broken-s0"] == "failed" and status["later-s0-0123abcd"] == "pending"
+    assert "no_such_field" in runs.set_index("run_id").loc["broken-s0", "error"]
+    assert list(runs.run_id[:3]) == ["base", "sft-s0", "otr-k1-s0"]  # plan order
+
+
+def test_seed_statistics_std_and_n(tmp_path):
+    d = tmp_path / "runs" / "s"
+    _make_run(d, "sft-s0", "sft", 0, {"toy_math_id": [1, 0, 0, 0], "toy_math_ood": [0, 0, 0, 1]})
+    _make_run(d, "sft-s1", "sft", 1, {"toy_math_id": [1, 1, 0, 0], "toy_math_ood": [0, 0, 0, 0]})
+    _make_run(d, "sft-s2", "sft", 2, {"toy_math_id": [1, 1, 1, 1]})
+    _make_run(d, "otr-s0", "otr", 0, {"toy_math_id": [1, 1, 1, 0], "toy_math_ood": [1, 0, 0, 0]})
+    results, _ = report.collect(d)
+    table = report.main_table(results, ["sft", "otr"])
+    row = table[(table.method == "sft") & (table.task == "toy_math_id")].iloc[0]
+    # values 0.25, 0.5, 1.0: mean 7/12; sample std sqrt(sum((x - mean)^2) / (3 - 1)), by hand:
+    mean = (0.25 + 0.5 + 1.0) / 3
+    std = math.sqrt(((0.25 - mean) ** 2 + (0.5 - mean) ** 2 + (1.0 - mean) ** 2) / 2)
+    assert row["mean"] == pytest.approx(mean) and row["std"] == pytest.approx(std) and row["n"] == 3
+    ood = table[(table.method == "sft") & (table.task == "toy_math_ood")].iloc[0]
+    assert ood["n"] == 2 and ood["std"] == pytest.approx(
+        math.sqrt((0.125**2) * 2)
+    )  # seed 2 has no OOD result
+    one = table[(table.method == "otr") & (table.task == "toy_math_id")].iloc[0]
+    assert one["n"] == 1 and math.isnan(one["std"])
     header, rows = report.wide_table(table)
-    assert rows[1][1] == "**55.0 ± 7.1 (n=2)**"  # best in-domain mean is bold
-    assert rows[2][1] == "40.0 (n=1)"  # one seed: no std shown
+    assert header == ["method", "toy_math_id", "toy_math_ood"]
+    assert rows[0][1] == f"{100 * mean:.1f} ± {100 * std:.1f} (n=3)"  # 58.3 ± 38.2 (n=3)
+    assert rows[1][1] == "**75.0 (n=1)**"  # one seed: no std; best mean in its column: bold
 
 
-def test_render_writes_all_outputs_and_lists_pending_runs(sweep, tmp_path):
-    paths = report.render(sweep, tmp_path / "out")
+# --------------------------------------------------------------------------------- significance
+def _hand_bootstrap(m: list[float], s: list[float], n_boot: int, seed: int) -> tuple[float, float, float]:
+    """The documented procedure, written out with plain Python arithmetic (only the draws use numpy)."""
+    n = len(m)
+    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n)).tolist()
+    diffs = sorted(sum(m[i] for i in row) / n - sum(s[i] for i in row) / n for row in idx)
+
+    def percentile(q):  # linear interpolation between order statistics, as numpy.quantile does
+        pos = q * (n_boot - 1)
+        lo, frac = int(math.floor(pos)), pos - math.floor(pos)
+        return diffs[lo] + frac * (diffs[min(lo + 1, n_boot - 1)] - diffs[lo])
+
+    return sum(m) / n - sum(s) / n, percentile(0.025), percentile(0.975)
+
+
+def test_paired_bootstrap_matches_hand_computation(tmp_path):
+    d = tmp_path / "runs" / "boot"
+    # Two seeds per method on the same 8 questions; per question, seeds are averaged first.
+    sft = [[1, 0, 0, 1, 0, 0, 1, 0], [1, 1, 0, 0, 0, 0, 1, 0]]
+    otr = [[1, 1, 1, 1, 0, 1, 1, 0], [1, 1, 0, 1, 1, 1, 1, 1]]
+    for s in (0, 1):
+        _make_run(d, f"sft-s{s}", "sft", s, {"toy_math_id": sft[s]})
+        _make_run(d, f"otr-s{s}", "otr", s, {"toy_math_id": otr[s]})
+    results, _ = report.collect(d)
+    samples = report.load_samples(d, results)
+    assert len(samples) == 4 * 8  # the 'flexible-extract' duplicates are not counted
+    sig = report.significance(samples, "sft", ["sft", "otr"], n_boot=500, seed=7)
+    assert len(sig) == 1
+    r = sig.iloc[0]
+    m = [(a + b) / 2 for a, b in zip(*otr, strict=True)]  # 1, 1, .5, 1, .5, 1, 1, .5
+    s = [(a + b) / 2 for a, b in zip(*sft, strict=True)]  # 1, .5, 0, .5, 0, 0, 1, 0
+    delta, lo, hi = _hand_bootstrap(m, s, n_boot=500, seed=7)
+    assert r.delta == pytest.approx(delta) and delta == pytest.approx(0.4375)
+    assert (r.lo, r.hi) == (pytest.approx(lo), pytest.approx(hi))
+    assert r.n == 8 and r.seeds == 2 and r.ref_seeds == 2
+    assert r.significant == (lo > 0)
+    # The point estimate equals the difference of the seed means in the main table.
+    table = report.main_table(results, ["sft", "otr"])
+    means = table.set_index("method")["mean"]
+    assert r.delta == pytest.approx(means["otr"] - means["sft"])
+    # Another seed gives another (valid) CI; the same seed the same CI: deterministic.
+    again = report.significance(samples, "sft", ["sft", "otr"], n_boot=500, seed=7).iloc[0]
+    assert (again.lo, again.hi) == (r.lo, r.hi)
+
+
+def test_paired_bootstrap_edge_cases():
+    same = report.paired_bootstrap([1, 0, 1, 0], [1, 0, 1, 0])
+    assert same == {"delta": 0.0, "lo": 0.0, "hi": 0.0, "n": 4}
+    allwin = report.paired_bootstrap([1, 1, 1], [0, 0, 0])
+    assert (allwin["delta"], allwin["lo"], allwin["hi"]) == (1.0, 1.0, 1.0)
+    assert math.isnan(report.paired_bootstrap([], [])["delta"])
+    with pytest.raises(ValueError, match="one length"):
+        report.paired_bootstrap([1, 0], [1])
+
+
+# -------------------------------------------------------------------------------------- render
+def test_main_table_has_deltas_ci_and_groups(rich):
+    d, out, paths = rich
     md = paths["md"].read_text()
-    assert "| sft | **55.0 ± 7.1 (n=2)** |" in md
-    assert "otr-s1-5" in md and "partial" in md
-    html = paths["html"].read_text()
-    assert "<b>55.0 ± 7.1 (n=2)</b>" in html and "data:image/png;base64," in html
-    assert (tmp_path / "out" / "scores.png").exists() and (tmp_path / "out" / "scores.svg").exists()
+    results, _ = report.collect(d)
+    table = report.main_table(results, [])
+    sft = table[(table.method == "sft") & (table.task == "toy_math_id")].iloc[0]
+    k16 = table[(table.method == "otr-k16") & (table.task == "toy_math_id")].iloc[0]
+    base = table[(table.method == "base") & (table.task == "toy_math_id")].iloc[0]
+    row = next(line for line in md.splitlines() if line.startswith("| otr-k16 |"))
+    cell = row.split(" | ")[1]
+    assert cell.startswith(report.fmt_score(k16["mean"], k16["std"], 2))
+    assert f"Δ SFT {100 * (k16['mean'] - sft['mean']):+.1f} [" in cell
+    assert f"Δ base {100 * (k16['mean'] - base['mean']):+.1f}" in cell
+    assert "]\\*" in cell  # +30 pp over SFT on 30 questions: the CI excludes 0 (marked, escaped for Markdown)
+    assert md.index("| base |") < md.index("| sft |") < md.index("| otr-k1 |")  # base, SFT, then plan order
+    header = next(line for line in md.splitlines() if line.startswith("| method |"))
+    assert header.index("toy_math_id") < header.index("toy_math_ood") < header.index("toy_code_ood")
+    assert "math · in-domain" in header and "code · OOD" in header
+    assert "## Significance vs sft" in md and "| otr-k16 | toy_math_id |" in md
+
+
+def test_render_writes_figures_reference_and_lists_unfinished_runs(rich):
+    d, out, paths = rich
+    for stem in [
+        "scores",
+        "score_vs_k",
+        "score_vs_tau",
+        "score_vs_beta",
+        "training_curves",
+        "compute",
+        "score_vs_compute",
+        "forgetting",
+        "score_vs_lr",  # OTR ran at two learning rates (the beta pair)
+    ]:
+        assert (out / f"{stem}.png").stat().st_size > 1000, stem
+        assert (out / f"{stem}.svg").exists(), stem
+    md = paths["md"].read_text()
+    for stem in ["scores", "score_vs_k", "training_curves", "compute", "forgetting"]:
+        assert f"]({stem}.png)" in md
+    # beta = -0.1 at lr0 beside beta = 0 at lr0 / 1.1
+    # ... paired only with the runs that share the other knobs (k = 16, tau = 1.2), not with k = 1 or 4.
+    assert "OTR(β) vs OTR(β = 0)" in md and "| toy_math_id | k=16, tau=1.2 | -0.1 | 0.001: " in md
+    assert "| toy_math_id | k=1, " not in md and "| toy_math_id | k=4, " not in md
+    # Reference numbers: the matching entry only, published / reproduced.
+    assert "Toy paper, Table 9: toy:base" in md and "99.00" not in md
+    results, _ = report.collect(d)
+    sft_rep = 100 * results[(results.method == "sft") & (results.task == "toy_math_id")]["value"].mean()
+    assert f"| sft | 48.25 / {sft_rep:.2f} |" in md
+    # Compute: K = 16 OTR samples 16 tokens per response token.
+    assert "| otr-k16 | 2 | 20.5 ± 0.707 |" in md and "| 16k |" in md
+    # Forgetting: per OOD task and the count of drops below base.
+    assert "## Forgetting" in md and "drops below base" in md
+    # Unfinished runs are listed, with the failure's last line.
+    assert "broken-s0 (failed)" in md and "later-s0-0123abcd (pending)" in md and "KeyError" in md
     csv = pd.read_csv(paths["csv"])
-    assert len(csv) == 8
-    # Deterministic and idempotent: a second rendering is byte-identical.
-    first = {k: p.read_bytes() for k, p in paths.items()}
-    again = report.render(sweep, tmp_path / "out")
-    assert {k: p.read_bytes() for k, p in again.items()} == first
+    assert len(csv) == 39 and {"param_k", "learning_rate"} <= set(csv.columns)
+    if (out / "results.parquet").exists():
+        assert pd.read_parquet(out / "results.parquet").shape == csv.shape
 
 
-def test_model_written_strings_are_escaped(sweep, tmp_path):
+def test_rendering_is_deterministic_and_idempotent(rich, tmp_path):
+    d, out, paths = rich
+    files = sorted(p.name for p in out.iterdir())
+    first = {name: (out / name).read_bytes() for name in files}
+    again = report.render(d, tmp_path / "again", reference_dir=d.parent.parent / "reference")
+    assert sorted(p.name for p in (tmp_path / "again").iterdir()) == files
+    for name in files:
+        if name.endswith((".md", ".html")):  # these name the sweep directory, which is the same
+            continue
+        assert (tmp_path / "again" / name).read_bytes() == first[name], name
+    assert again["html"].read_text() == paths["html"].read_text()
+    # A re-render after the sweep lost its K axis removes the figure that no longer applies.
+    small = tmp_path / "small"
+    _make_run(small, "sft-s0", "sft", 0, {"toy_math_id": [1, 0]})
+    (tmp_path / "again" / "report.md").write_text("stale")
+    report.render(small, tmp_path / "again")
+    assert not (tmp_path / "again" / "score_vs_k.png").exists()
+    assert (tmp_path / "again" / "report.md").read_text() != "stale"
+
+
+def test_model_written_strings_are_escaped(tmp_path):
+    d = tmp_path / "runs" / "evil"
     evil = "<script>alert(1)</script>"
-    _make_run(sweep, "evil-s0-6", evil, 0, {"toy_math_id": 0.1, "toy_math_ood": 0.1})
-    html = report.render(sweep, tmp_path / "out")["html"].read_text()
-    assert evil not in html
-    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
-
-
-def test_empty_sweep_renders(tmp_path):
-    d = tmp_path / "runs" / "empty"
-    d.mkdir(parents=True)
+    _make_run(d, "base", "base", None, {"toy_math_id": [0, 1]}, responses={0: f" {evil} & </pre>"})
+    _make_run(d, "sft-s0", "sft", 0, {"toy_math_id": [1, 1]}, responses={0: f" ```\n{evil}"})
+    _make_run(d, "x-s0", evil, 0, {"toy_math_id": [1, 0]}, objective={"name": "sft"})
     paths = report.render(d, tmp_path / "out")
-    assert "No evaluation results yet" in paths["md"].read_text()
+    html = paths["html"].read_text()
+    assert evil not in html
+    examples = html[html.index('<section id="examples">') :]
+    assert examples.count("<pre>") == examples.count("</pre>")  # a generation cannot close its <pre>
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; &lt;/pre&gt;" in html  # the generation
+    assert html.count("&lt;script&gt;alert(1)&lt;/script&gt;") >= 3  # generation, method name in tables
+    md = paths["md"].read_text()
+    assert "| &lt;script&gt;alert(1)&lt;/script&gt; |" in md  # table cells escaped
+    assert "````text\n ```\n<script>" in md  # a generation stays inside a fence longer than its backticks
+    assert evil not in md.split("## Example generations")[0]
+
+
+def test_partial_and_empty_sweeps_render(tmp_path):
+    empty = tmp_path / "runs" / "empty"
+    empty.mkdir(parents=True)
+    assert "No evaluation results yet" in report.render(empty, tmp_path / "o1")["md"].read_text()
+    # Nothing evaluated yet, one run failed in training, no SFT: no crash, no Δ/CI columns.
+    d = tmp_path / "runs" / "partial"
+    run = _make_run(d, "otr-s0", "otr", 0, {}, done=False)
+    run.mark_failed("train", "RuntimeError: out of memory")
+    _make_run(d, "base", "base", None, {"toy_math_id": [0, 1]})
+    atomic_write_json(d / "plan.json", {"runs": ["base", "otr-s0", "dft-s0-abc"]})
+    md = report.render(d, tmp_path / "o2")["md"].read_text()
+    assert "| base | 50.0 (n=1) |" in md.replace("**", "") and "Δ SFT" not in md and "Significance" not in md
+    assert "otr-s0 (failed)" in md and "dft-s0-abc (pending)" in md and "out of memory" in md
+
+
+def test_cli_report_with_compare(tmp_path, capsys):
+    d = tmp_path / "runs" / "this"
+    for s in (0, 1):
+        _make_run(d, f"sft-s{s}", "sft", s, {"toy_math_id": [1, 0, 1, s]})
+    other = tmp_path / "runs" / "other"
+    _make_run(other, "sft-s0", "sft", 0, {"toy_math_id": [0, 0, 1, 1]})
+    out = tmp_path / "cmp"
+    assert main(["report", str(d), "--out", str(out), "--compare", str(other)]) == 0
+    assert "report.html" in capsys.readouterr().out
+    md = (out / "report.md").read_text()
+    assert "## Comparison with other" in md
+    assert "| sft | 62.5 vs 50.0<br>Δ +12.5 (n=2 / 1) |" in md
+    assert main(["report", str(d), "--compare", str(tmp_path / "nothing")]) == 2
+
+
+# ------------------------------------------------------------------------------------- browser
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _run_chromium(exe: str, profile: Path, *args: str) -> subprocess.CompletedProcess:
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--hide-scrollbars",
+        f"--user-data-dir={profile}",
+    ]
+    return subprocess.run([exe, *flags, *args], capture_output=True, text=True, timeout=60, check=False)
+
+
+_PROBE = """<script>
+window.addEventListener("load", function () {
+  var imgs = Array.prototype.map.call(document.images, function (i) {
+    return {alt: i.alt, complete: i.complete, width: i.naturalWidth};
+  });
+  var pre = document.createElement("pre");
+  pre.id = "image-probe";
+  pre.textContent = JSON.stringify(imgs);
+  document.body.appendChild(pre);
+});
+</script>
+"""
+
+
+@pytest.mark.skipif(_chromium() is None, reason="chromium not installed (.ci/run installs Debian's chromium)")
+def test_html_renders_in_headless_chromium(rich, tmp_path):
+    d, out, paths = rich
+    exe = _chromium()
+    page = paths["html"].read_text()
+    assert "<script" not in page  # the report itself runs no script; the probe below is added to a copy
+    probe = tmp_path / "probe.html"
+    probe.write_text(page.replace("</body>", _PROBE + "</body>"))
+    res = _run_chromium(
+        exe, tmp_path / "profile1", "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    dom = res.stdout
+    m = re.search(r'<pre id="image-probe">(.*?)</pre>', dom, re.S)
+    assert m, "the probe did not run: " + dom[-500:]
+    images = json.loads(htmlmod.unescape(m.group(1)))
+    assert len(images) == page.count("<img ") >= 8
+    assert all(i["complete"] and i["width"] > 0 for i in images), images
+    # The page's text holds the main table, as the browser parsed it.
+    table = re.search(r'<table id="main-table">(.*?)</table>', dom, re.S)
+    assert table, "no main table in the DOM"
+    text = re.sub(r"<[^>]+>", " ", htmlmod.unescape(table.group(1)))
+    results, _ = report.collect(d)
+    main_t = report.main_table(results, [])
+    sft = main_t[(main_t.method == "sft") & (main_t.task == "toy_math_id")].iloc[0]
+    assert report.fmt_score(sft["mean"], sft["std"], 2) in text
+    assert "toy_code_ood" in text and "otr-k16" in text and "Δ base" in text
+    shot = tmp_path / "report.png"
+    res = _run_chromium(
+        exe, tmp_path / "profile2", "--window-size=1280,2400", f"--screenshot={shot}", paths["html"].as_uri()
+    )
+    assert res.returncode == 0 and shot.stat().st_size > 10_000, res.stderr[-2000:]
