@@ -180,7 +180,7 @@ def train(cfg: RunConfig, run: RunDir) -> dict[str, Any]:
         data_seed=cfg.seed,
         remove_unused_columns=False,  # keep `shift_labels` for the objective
         disable_tqdm=not os.isatty(2),
-        **cfg.training_arguments(),
+        **{"dataloader_pin_memory": torch.cuda.is_available(), **cfg.training_arguments()},
     )
     trainer = ObjectiveTrainer(
         model=model,
