@@ -101,6 +101,24 @@ def _legend_below(fig, axes) -> None:
 
 
 # ----------------------------------------------------------------------------------------- scores
+def _grouped_bars(ax, df: pd.DataFrame, col: str, tasks: list[str], methods: list[str], cmap) -> None:
+    """One group of bars per task, one bar per method: 100 × ``col`` with error bars 100 × ``std``."""
+    width = 0.8 / max(len(methods), 1)
+    for i, m in enumerate(methods):
+        sub = df[df["method"] == m].set_index("task").reindex(tasks)
+        xs = np.arange(len(tasks)) + (i - (len(methods) - 1) / 2) * width
+        ax.bar(
+            xs,
+            100 * sub[col],
+            width,
+            yerr=100 * sub["std"].fillna(0),
+            capsize=2,
+            label=str(m),
+            color=cmap.get(m, "k"),
+            error_kw={"lw": 0.8},
+        )
+
+
 def plot_scores(table: pd.DataFrame, out_dir: Path, cmap: dict[str, str]) -> Path | None:
     """Grouped bars: score per task, one bar per method, error bars = std over seeds."""
     if table.empty:
@@ -108,23 +126,10 @@ def plot_scores(table: pd.DataFrame, out_dir: Path, cmap: dict[str, str]) -> Pat
     plt = _plt()
     tasks = [t for _, _, t in task_order(table)]
     methods = [m for m in table["method"].cat.categories if m in set(table["method"])]
-    width = 0.8 / max(len(methods), 1)
     fig, ax = plt.subplots(
         figsize=(min(2.0 + 1.4 * len(tasks) * max(1, len(methods) / 4), 14), 3.4), layout="constrained"
     )
-    for i, m in enumerate(methods):
-        sub = table[table["method"] == m].set_index("task").reindex(tasks)
-        xs = [j + (i - (len(methods) - 1) / 2) * width for j in range(len(tasks))]
-        ax.bar(
-            xs,
-            100 * sub["mean"],
-            width,
-            yerr=100 * sub["std"].fillna(0),
-            capsize=2,
-            label=str(m),
-            color=cmap[m],
-            error_kw={"lw": 0.8},
-        )
+    _grouped_bars(ax, table, "mean", tasks, methods, cmap)
     split = dict(zip(table["task"], table["split"], strict=False))
     ax.set_xticks(range(len(tasks)), [f"{t}\n({split[t]})" for t in tasks])
     ax.set_ylabel("score (%)")
@@ -375,22 +380,10 @@ def plot_forgetting(forget: pd.DataFrame, out_dir: Path, cmap: dict[str, str]) -
     plt = _plt()
     tasks = list(dict.fromkeys(forget["task"]))
     methods = list(dict.fromkeys(forget["method"]))
-    width = 0.8 / max(len(methods), 1)
     fig, ax = plt.subplots(
         figsize=(min(2.5 + 1.3 * len(tasks) * max(1, len(methods) / 4), 12), 3.0), layout="constrained"
     )
-    for i, m in enumerate(methods):
-        sub = forget[forget["method"] == m].set_index("task").reindex(tasks)
-        xs = np.arange(len(tasks)) + (i - (len(methods) - 1) / 2) * width
-        ax.bar(
-            xs,
-            100 * sub["delta"],
-            width,
-            yerr=100 * sub["std"].fillna(0),
-            capsize=2,
-            color=cmap.get(m, "k"),
-            label=str(m),
-        )
+    _grouped_bars(ax, forget, "delta", tasks, methods, cmap)
     ax.axhline(0, color="k", lw=0.8)
     ax.set_xticks(range(len(tasks)), tasks)
     ax.set_ylabel("Δ vs base (pp)")
