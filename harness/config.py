@@ -10,7 +10,9 @@ objective's name and its parameters (``k``, ``tau``, ``beta`` for OTR), ``eval:`
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import functools
 import hashlib
 import itertools
 import json
@@ -19,7 +21,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from harness.toy import ToyConfig
 
@@ -57,6 +67,17 @@ class DatasetConfig(_Strict):
     )
     max_length: int = Field(512, gt=0, description="truncate prompt+response to this many tokens")
     max_examples: int | None = Field(None, gt=0, description="use only the first N examples")
+    messages_field: str | None = Field(
+        None,
+        description="chat data: a field holding a list of {role, content} messages; the prompt is every "
+        "message before the LAST assistant message, rendered with the chat template (generation prompt "
+        "added), the response is that message's content + EOS. Replaces prompt_field/response_field.",
+    )
+    chat_template: str | None = Field(
+        None,
+        description="a Jinja chat template to use instead of the tokenizer's (base models often lack one); "
+        "saved with the fine-tuned model's tokenizer",
+    )
 
     @field_validator("path")
     @classmethod
@@ -79,6 +100,16 @@ class DatasetConfig(_Strict):
         if "{response}" not in v:
             raise ValueError("must contain the placeholder {response}")
         return v
+
+    @model_validator(mode="after")
+    def _messages_use_chat(self) -> DatasetConfig:
+        explicit_plain = self.template == "plain" and "template" in self.model_fields_set
+        if self.messages_field is not None and explicit_plain:
+            raise ValueError(
+                "messages_field is rendered with the chat template; remove 'template: plain' (or the "
+                "messages_field)"
+            )
+        return self
 
 
 class ObjectiveConfig(BaseModel):
@@ -119,10 +150,12 @@ TRAINING_DEFAULTS: dict[str, Any] = {
 _RESERVED_TRAINING_KEYS = {"output_dir", "seed", "data_seed", "logging_dir", "run_name"}
 
 
-def _training_argument_names() -> set[str]:
+@functools.cache
+def _training_argument_names() -> frozenset[str]:
+    # Cached: called once per run config, and a 10,000-run sweep must plan in well under 2 s.
     from transformers import TrainingArguments
 
-    return {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
+    return frozenset(f.name for f in dataclasses.fields(TrainingArguments) if f.init)
 
 
 class EvalConfig(_Strict):
@@ -136,6 +169,14 @@ class EvalConfig(_Strict):
     device: str = Field("auto", description="auto: cuda when available, else cpu")
 
 
+# (dotted path in RunConfig.model_dump(), default): omitted from config_hash() while at that default.
+_HASH_OMIT_AT_DEFAULT: list[tuple[tuple[str, ...], Any]] = [
+    (("loss_normalization",), "tokens"),
+    (("dataset", "messages_field"), None),
+    (("dataset", "chat_template"), None),
+]
+
+
 class RunConfig(_Strict):
     """One fine-tuning run and its evaluation. ``objective: null`` means: no training, evaluate ``model``."""
 
@@ -143,6 +184,13 @@ class RunConfig(_Strict):
     dataset: DatasetConfig | None = None
     objective: ObjectiveConfig | None = None
     training: dict[str, Any] = Field(default_factory=dict)
+    loss_normalization: Literal["tokens", "sequences"] = Field(
+        "tokens",
+        description="tokens (default, otr.md §2): the SUM of the per-token losses divided by the number of "
+        "response tokens of the whole optimizer step (all accumulation micro-batches, all devices); "
+        "sequences: the mean over each sequence's response tokens, then the mean over the sequences of the "
+        "optimizer step that have at least one response token (all micro-batches, all devices)",
+    )
     seed: int = 0
     eval: EvalConfig = Field(default_factory=EvalConfig)
     toy: ToyConfig | None = Field(None, description="the toy world that 'toy:' refs point to")
@@ -199,12 +247,21 @@ class RunConfig(_Strict):
 
     def config_hash(self) -> str:
         """Content hash of the resolved config: the identity of a run (8 hex digits suffice per sweep)."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        data = self.model_dump(mode="json")
+        # Fields added after the first release are left out while at their default, so that adding them
+        # did not change the identity (the directory) of existing runs.
+        for path, default in _HASH_OMIT_AT_DEFAULT:
+            parent = data
+            for key in path[:-1]:
+                parent = parent.get(key) if isinstance(parent, dict) else None
+            if isinstance(parent, dict) and parent.get(path[-1], default) == default:
+                parent.pop(path[-1], None)
+        blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
 class SweepConfig(_Strict):
-    """A sweep: a base run config expanded over ``variants`` × ``grid`` × ``seeds`` (+ the base model once)."""
+    """A sweep: a base run config expanded over ``variants`` × ``grid`` × ``zip`` groups × ``seeds`` (+ the base model once)."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     description: str = ""
@@ -217,6 +274,11 @@ class SweepConfig(_Strict):
     grid: dict[str, list[Any]] = Field(
         default_factory=dict, description="dotted key -> values (cartesian product)"
     )
+    zip: list[dict[str, list[Any]]] = Field(
+        default_factory=list,
+        description="groups of dotted key -> values; the axes of a group move together (equal lengths), "
+        "groups combine cartesianly with each other and with `grid`",
+    )
     seeds: list[int] = Field(default_factory=lambda: [0])
     evaluate_base: bool = Field(True, description="also evaluate the untrained base model (once)")
 
@@ -226,6 +288,26 @@ class SweepConfig(_Strict):
         for key, values in v.items():
             if not values:
                 raise ValueError(f"axis '{key}' has no values; give at least one or remove the axis")
+        return v
+
+    @field_validator("zip")
+    @classmethod
+    def _zip_groups(cls, v: list[dict[str, list[Any]]], info: ValidationInfo) -> list[dict[str, list[Any]]]:
+        seen = set(info.data.get("grid") or {})
+        for i, group in enumerate(v):
+            where = f"zip group {i} ({', '.join(group) or 'empty'})"
+            if not group:
+                raise ValueError(f"{where}: give at least one axis or remove the group")
+            lengths = {key: len(values) for key, values in group.items()}
+            if len(set(lengths.values())) != 1:
+                shown = ", ".join(f"{k}: {n}" for k, n in lengths.items())
+                raise ValueError(f"{where}: axes must have equal lengths (got {shown})")
+            if 0 in lengths.values():
+                raise ValueError(f"{where}: axes have no values; give at least one or remove the group")
+            for key in group:
+                if key in seen:
+                    raise ValueError(f"{where}: axis '{key}' is already swept in `grid` or an earlier group")
+                seen.add(key)
         return v
 
     @field_validator("seeds")
@@ -304,16 +386,60 @@ class RunSpec:
     """One planned run: its resolved config and a readable, unique directory name."""
 
     config: RunConfig
-    variant: str  # 'base' for the untrained model
+    variant: str  # 'base' for the untrained model; '<variant>-<axis><value>...' for grid/zip points
 
-    @property
+    @functools.cached_property
     def run_id(self) -> str:
-        slug = re.sub(
-            r"[^A-Za-z0-9_.-]+",
-            "-",
-            f"{self.variant}-s{self.config.seed}" if self.config.is_training else "base",
-        )
+        # Cached: the config is never mutated after planning, and hashing it is the bulk of planning time.
+        label = f"{self.variant}-s{self.config.seed}" if self.config.is_training else "base"
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", label).strip("-")[:_MAX_SLUG]
         return f"{slug}-{self.config.config_hash()[:8]}"
+
+
+_MAX_SLUG = 80  # the hash keeps ids unique; the slug is for people, and file names have limits
+# Short axis names for slugs; any other dotted key is shown by its last component.
+_AXIS_ABBREV = {
+    "learning_rate": "lr",
+    "per_device_train_batch_size": "bs",
+    "gradient_accumulation_steps": "ga",
+    "max_steps": "steps",
+    "num_train_epochs": "epochs",
+    "weight_decay": "wd",
+    "warmup_steps": "warmup",
+    "max_length": "len",
+    "max_examples": "n",
+}
+
+
+def _slug_value(value: Any) -> str:
+    """A short readable rendering of a grid value: 0.001 -> '0.001', 5e-05 -> '5e-5', {name: otr, k: 4} -> 'otr_k4'."""
+    if isinstance(value, bool) or value is None:
+        return str(value).lower()
+    if isinstance(value, float):
+        text = repr(value)
+        return re.sub(r"e([+-])0*(\d)", lambda m: "e" + ("-" if m[1] == "-" else "") + m[2], text)
+    if isinstance(value, dict):
+        return "_".join(_slug_value(v) if k == "name" else f"{k}{_slug_value(v)}" for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return "_".join(_slug_value(v) for v in value)
+    return str(value)
+
+
+def axis_label(key: str, value: Any) -> str:
+    """The slug fragment of one swept value: ('training.learning_rate', 1e-3) -> 'lr0.001'."""
+    last = key.rsplit(".", 1)[-1]
+    return f"{_AXIS_ABBREV.get(last, last)}{_slug_value(value)}"
+
+
+def _points(sweep: SweepConfig) -> list[list[tuple[str, Any]]]:
+    """Every point of grid x zip groups, as a list of (dotted key, value) assignments, in file order."""
+    groups: list[list[list[tuple[str, Any]]]] = [
+        [[(key, v)] for v in values] for key, values in sweep.grid.items()
+    ]
+    for group in sweep.zip:
+        keys = list(group)
+        groups.append([list(zip(keys, vals, strict=True)) for vals in zip(*group.values(), strict=True)])
+    return [[a for part in combo for a in part] for combo in itertools.product(*groups)]
 
 
 def expand_sweep(sweep: SweepConfig, source: str = "<sweep>") -> list[RunSpec]:
@@ -322,24 +448,26 @@ def expand_sweep(sweep: SweepConfig, source: str = "<sweep>") -> list[RunSpec]:
     if sweep.toy is not None:
         base.setdefault("toy", sweep.toy.model_dump())
     variants = sweep.variants or {"run": {}}
-    axes = list(sweep.grid.items())
+    points = _points(sweep)
     specs: list[RunSpec] = []
     if sweep.evaluate_base:
         base_cfg = {k: v for k, v in base.items() if k in {"model", "eval", "toy"}}
         specs.append(RunSpec(parse_run_config(base_cfg, source, "base"), "base"))
     for vname, override in variants.items():
         merged = _deep_merge(base, override)
-        for combo in itertools.product(*(values for _, values in axes)):
+        for point in points:
             cfg = merged
             label = vname
-            for (key, _), value in zip(axes, combo, strict=True):
+            for key, value in point:
                 cfg = _set_dotted(cfg, key, value)
-                label += f"-{key.rsplit('.', 1)[-1]}{value}"
+                label += "-" + axis_label(key, value)
+            # Validate once per point; seeds differ only in an int that no validator looks at.
+            first = parse_run_config({**cfg, "seed": sweep.seeds[0]}, source, f"variants.{vname}")
             for seed in sweep.seeds:
-                run_cfg = parse_run_config({**cfg, "seed": seed}, source, f"variants.{vname}")
+                run_cfg = first if seed == sweep.seeds[0] else first.model_copy(update={"seed": seed})
                 specs.append(RunSpec(run_cfg, label))
-    ids = [s.run_id for s in specs]
-    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    counts = collections.Counter(s.run_id for s in specs)
+    dupes = sorted(i for i, n in counts.items() if n > 1)
     if dupes:
         raise ConfigError(
             f"{source}: two runs resolve to the same config ({dupes[0]}); remove the duplicate variant"

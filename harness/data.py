@@ -1,5 +1,17 @@
 """SFT data: load a Hub name or a local file, render (prompt, response) text, tokenize, mask the prompt.
 
+Three ways to get (prompt, response) from an example:
+
+* ``template: plain`` (default): ``prompt_format`` / ``response_format`` around two fields;
+* ``template: chat``: the prompt field becomes one user message rendered with the chat template;
+* ``messages_field``: a conversation (list of ``{role, content}``); the prompt is every message before the
+  LAST assistant message, rendered with the chat template and its generation prompt; the response is that
+  assistant message's content. Only the last assistant turn carries loss.
+
+A chat-rendered prompt is tokenized exactly as rendered (no extra special tokens: chat templates write
+their own BOS), a plain prompt gets the tokenizer's special tokens. ``chat_template`` replaces the
+tokenizer's template (base models often have none); it is saved with the fine-tuned model.
+
 Contract of a tokenized example: ``input_ids`` (prompt + response + EOS, truncated to ``max_length``) and
 ``labels`` of the same length, equal to ``input_ids`` on response tokens and -100 on prompt tokens —
 the Hugging Face convention (unshifted; a causal LM predicts ``labels[t+1]`` from position ``t``).
@@ -24,6 +36,14 @@ _LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".cs
 assert set(_LOCAL_FORMATS) == LOCAL_DATA_SUFFIXES
 
 
+def _is_blank(path: Path) -> bool:
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 16):
+            if chunk.strip():
+                return False
+    return True
+
+
 def load_raw(cfg: DatasetConfig, path: str):
     """Load the split as a ``datasets.Dataset``. ``path`` is ``cfg.path`` with any toy ref resolved."""
     import datasets
@@ -32,6 +52,8 @@ def load_raw(cfg: DatasetConfig, path: str):
     if suffix in _LOCAL_FORMATS:
         if not Path(path).is_file():
             raise ConfigError(f"dataset.path: file not found: {path}")
+        if _is_blank(Path(path)):  # datasets fails on an empty file with a bare StopIteration
+            raise ConfigError(f"dataset.path: {path} (split '{cfg.split}') has no examples")
         ds = datasets.load_dataset(_LOCAL_FORMATS[suffix], data_files={cfg.split: path}, split=cfg.split)
     else:
         ds = datasets.load_dataset(path, cfg.name, split=cfg.split)
@@ -40,14 +62,45 @@ def load_raw(cfg: DatasetConfig, path: str):
     return ds
 
 
+def _missing(field: str, key: str, example: dict[str, Any], index: int) -> ConfigError:
+    return ConfigError(
+        f"dataset.{key}: example {index} has no field '{field}' (fields: {', '.join(sorted(example))})"
+    )
+
+
+def _render_messages(example: dict[str, Any], cfg: DatasetConfig, tokenizer, index: int) -> tuple[str, str]:
+    field = cfg.messages_field
+    if field not in example:
+        raise _missing(field, "messages_field", example, index)
+    messages = example[field]
+    where = f"dataset.messages_field: example {index} ('{field}')"
+    if not isinstance(messages, list) or not all(
+        isinstance(m, dict) and "role" in m and "content" in m for m in messages
+    ):
+        raise ConfigError(f"{where}: expected a list of {{role, content}} messages")
+    last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
+    if last is None:
+        roles = ", ".join(str(m["role"]) for m in messages) or "no messages"
+        raise ConfigError(f"{where}: the conversation has no assistant message (roles: {roles})")
+    response = messages[last]["content"]
+    if not isinstance(response, str) or not response.strip():
+        raise ConfigError(f"{where}: the last assistant message (message {last}) is empty")
+    # Arrow fills keys missing from some messages with None: pass only role and content to the template.
+    history = [{"role": m["role"], "content": m["content"] or ""} for m in messages[:last]]
+    try:
+        prompt = tokenizer.apply_chat_template(history, tokenize=False, add_generation_prompt=True)
+    except Exception as e:  # a template error (e.g. "roles must alternate") names the example
+        raise ConfigError(f"{where}: the chat template failed: {e}") from None
+    return prompt, response
+
+
 def render(example: dict[str, Any], cfg: DatasetConfig, tokenizer, index: int) -> tuple[str, str]:
     """The (prompt, response) text of one example; errors name the field and the example index."""
-    for field in (cfg.prompt_field, cfg.response_field):
+    if cfg.messages_field is not None:
+        return _render_messages(example, cfg, tokenizer, index)
+    for field, key in ((cfg.prompt_field, "prompt_field"), (cfg.response_field, "response_field")):
         if field not in example:
-            raise ConfigError(
-                f"dataset.{'prompt_field' if field == cfg.prompt_field else 'response_field'}: "
-                f"example {index} has no field '{field}' (fields: {', '.join(sorted(example))})"
-            )
+            raise _missing(field, key, example, index)
     prompt, response = str(example[cfg.prompt_field]), str(example[cfg.response_field])
     if not response.strip():
         raise ConfigError(f"dataset.response_field: example {index} has an empty '{cfg.response_field}'")
@@ -59,11 +112,18 @@ def render(example: dict[str, Any], cfg: DatasetConfig, tokenizer, index: int) -
     return cfg.prompt_format.format(prompt=prompt), cfg.response_format.format(response=response)
 
 
-def tokenize_example(prompt: str, response: str, tokenizer, max_length: int) -> dict[str, Any]:
+def uses_chat_template(cfg: DatasetConfig) -> bool:
+    return cfg.messages_field is not None or cfg.template == "chat"
+
+
+def tokenize_example(
+    prompt: str, response: str, tokenizer, max_length: int, *, prompt_special_tokens: bool = True
+) -> dict[str, Any]:
     """Tokenize prompt and response separately (so the boundary is exact), append EOS, truncate right."""
-    # The prompt gets the tokenizer's own special tokens (e.g. Llama's BOS), exactly as lm-eval's hf and
-    # vllm backends encode a context by default, so training and evaluation see the same prefix.
-    prompt_ids = tokenizer(prompt)["input_ids"]
+    # A plain prompt gets the tokenizer's own special tokens (e.g. Llama's BOS), exactly as lm-eval's hf
+    # and vllm backends encode a context by default, so training and evaluation see the same prefix. A
+    # chat-rendered prompt already contains them (prompt_special_tokens=False).
+    prompt_ids = tokenizer(prompt, add_special_tokens=prompt_special_tokens)["input_ids"]
     response_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     input_ids = (prompt_ids + response_ids)[:max_length]
     labels = ([IGNORE_INDEX] * len(prompt_ids) + response_ids)[:max_length]
@@ -74,15 +134,37 @@ def tokenize_example(prompt: str, response: str, tokenizer, max_length: int) -> 
     }
 
 
-def build_dataset(cfg: DatasetConfig, path: str, tokenizer):
-    """Load, render and tokenize the training set. Returns a ``datasets.Dataset`` with input_ids/labels."""
+def build_dataset(cfg: DatasetConfig, path: str, tokenizer, stats: dict[str, Any] | None = None):
+    """Load, render and tokenize the training set. Returns a ``datasets.Dataset`` with input_ids/labels.
+
+    Sets ``cfg.chat_template`` on ``tokenizer`` when given. ``stats``, if given, receives ``num_examples``,
+    ``num_truncated`` (examples cut to ``max_length``) and ``num_no_response`` (examples left without any
+    response token by truncation; they add nothing to the loss).
+    """
+    if cfg.chat_template is not None:
+        tokenizer.chat_template = cfg.chat_template
+    chat = uses_chat_template(cfg)
+    if chat and not getattr(tokenizer, "chat_template", None):
+        key = "messages_field" if cfg.messages_field is not None else "template"
+        raise ConfigError(
+            f"dataset.{key}: the tokenizer has no chat template; set dataset.chat_template to a Jinja template"
+        )
     raw = load_raw(cfg, path)
     if len(raw) == 0:
         raise ConfigError(f"dataset.path: {path} (split '{cfg.split}') has no examples")
+    # Fail on a missing column before tokenizing anything (per-example checks follow in the map).
+    needed = (
+        [(cfg.messages_field, "messages_field")]
+        if cfg.messages_field is not None
+        else [(cfg.prompt_field, "prompt_field"), (cfg.response_field, "response_field")]
+    )
+    for field, key in needed:
+        if field not in raw.column_names:
+            raise _missing(field, key, raw[0], 0)
 
     def _map(example: dict[str, Any], index: int) -> dict[str, Any]:
         prompt, response = render(example, cfg, tokenizer, index)
-        return tokenize_example(prompt, response, tokenizer, cfg.max_length)
+        return tokenize_example(prompt, response, tokenizer, cfg.max_length, prompt_special_tokens=not chat)
 
     ds = raw.map(_map, with_indices=True, remove_columns=raw.column_names, desc="tokenize")
     n_trunc = sum(ds["truncated"])
@@ -90,6 +172,8 @@ def build_dataset(cfg: DatasetConfig, path: str, tokenizer):
     log.info("dataset: %d examples, %d truncated to %d tokens", len(ds), n_trunc, cfg.max_length)
     if n_empty:
         log.warning("dataset: %d examples lost every response token to truncation", n_empty)
+    if stats is not None:
+        stats.update(num_examples=len(ds), num_truncated=n_trunc, num_no_response=n_empty)
     return ds.remove_columns("truncated")
 
 

@@ -8,6 +8,19 @@ objective runs, and the objectives never know about the Trainer. Normalisation h
 every objective: the objective returns the SUM of its per-token losses, and we divide by the number of
 response tokens in the whole optimizer step (all gradient-accumulation micro-batches, all processes),
 which transformers counts for us as ``num_items_in_batch``.
+
+``loss_normalization: sequences`` instead weights every sequence equally: each sequence's summed loss is
+divided by its own response tokens, and the sum of those per-sequence means is divided by the number of
+sequences of the whole optimizer step that have at least one response token (again all micro-batches,
+all processes). ``_get_num_items_in_batch`` counts those sequences in place of tokens, with transformers'
+own cross-device reduction, so the two modes differ only in what is counted and in the numerator.
+
+Checkpoints: ``training: {save_strategy: steps, save_steps: N, save_total_limit: M}`` (TrainingArguments
+names) keeps the last M checkpoints in ``train/checkpoint-*``; a re-run resumes from the last one with the
+same data order, optimizer/scheduler/RNG state and OTR draws (seeded by step), so its losses equal an
+uninterrupted run's. ``report_to`` passes through too (e.g. ``report_to: tensorboard`` writes event files
+under ``train/runs/<date>_<host>/``, offline, if the ``tensorboard`` package is installed — it is not by
+default; the default is ``none``). ``train/metrics.jsonl`` is written either way.
 """
 
 from __future__ import annotations
@@ -37,7 +50,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from harness import objectives
 from harness.config import RunConfig
-from harness.data import Collator, build_dataset
+from harness.data import IGNORE_INDEX, Collator, build_dataset
 from harness.rundir import RunDir, atomic_write_json, read_jsonl
 from harness.toy import resolve as resolve_ref
 
@@ -59,9 +72,20 @@ class ObjectiveTrainer(Trainer):
     loss_is_scaled_for_ga = True
 
     def __init__(
-        self, *args: Any, objective_name: str, objective_params: dict[str, Any], run_seed: int, **kwargs
+        self,
+        *args: Any,
+        objective_name: str,
+        objective_params: dict[str, Any],
+        run_seed: int,
+        loss_normalization: str = "tokens",
+        **kwargs,
     ):
         super().__init__(*args, **kwargs)
+        if loss_normalization not in ("tokens", "sequences"):
+            raise ValueError(
+                f"loss_normalization must be 'tokens' or 'sequences', got {loss_normalization!r}"
+            )
+        self.loss_normalization = loss_normalization
         self.objective_name = objective_name
         self.objective_params = objective_params
         self.run_seed = run_seed
@@ -82,21 +106,63 @@ class ObjectiveTrainer(Trainer):
         seed = int.from_bytes(hashlib.sha256(key).digest()[:8], "little") >> 1
         return torch.Generator(device=device).manual_seed(seed)
 
+    def _get_num_items_in_batch(self, batch_samples: list, device: torch.device):
+        """The denominator of the step: response tokens (default) or sequences with a response token.
+
+        For ``sequences`` we hand transformers' counter one stand-in label per sequence (0 if the sequence
+        has a response token, else -100), so the count and its cross-device reduction stay transformers'.
+        """
+        if self.loss_normalization == "sequences" and batch_samples and "shift_labels" in batch_samples[0]:
+            batch_samples = [
+                {"labels": s, "shift_labels": s}
+                for s in (
+                    torch.where((b["shift_labels"] != IGNORE_INDEX).any(-1), 0, IGNORE_INDEX)
+                    for b in batch_samples
+                )
+            ]
+        return super()._get_num_items_in_batch(batch_samples, device)
+
+    def _objective(
+        self, logits: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, objectives.ObjectiveOutput]:
+        """The numerator of the loss, and the objective's output (for its token-weighted diagnostics)."""
+        generator = self._generator(logits.device)
+        if self.loss_normalization == "tokens":
+            out = objectives.compute(
+                self.objective_name, logits, labels, generator=generator, **self.objective_params
+            )
+            return out.loss, out
+        # sequences: the objective per sequence (one call per row, same generator in row order), each
+        # row's sum divided by its own response tokens; rows without response tokens contribute nothing.
+        rows = [
+            objectives.compute(
+                self.objective_name, logits[i], labels[i], generator=generator, **self.objective_params
+            )
+            for i in range(labels.shape[0])
+        ]
+        numerator = sum(r.loss / r.num_tokens for r in rows if r.num_tokens > 0)
+        if not torch.is_tensor(numerator):  # no response token in this micro-batch
+            numerator = logits.sum() * 0.0
+        merged = objectives.ObjectiveOutput(
+            loss=sum(r.loss.detach() for r in rows),
+            num_tokens=sum(r.num_tokens for r in rows),
+            metrics=objectives.merge_metrics(rows),
+        )
+        return numerator, merged
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.pop("shift_labels")
         inputs.pop("labels", None)  # we compute the loss; the model must not
         outputs = model(**inputs)
-        out = objectives.compute(
-            self.objective_name,
-            outputs.logits,
-            labels,
-            generator=self._generator(outputs.logits.device),
-            **self.objective_params,
-        )
-        if num_items_in_batch is None:  # e.g. a lone evaluation batch: normalise by its own tokens
-            num_items_in_batch = out.num_tokens
-        denom = torch.as_tensor(num_items_in_batch, device=out.loss.device, dtype=out.loss.dtype).clamp(min=1)
-        loss = out.loss / denom
+        numerator, out = self._objective(outputs.logits, labels)
+        if num_items_in_batch is None:  # e.g. a lone evaluation batch: normalise by its own items
+            num_items_in_batch = (
+                out.num_tokens
+                if self.loss_normalization == "tokens"
+                else int((labels != IGNORE_INDEX).any(-1).sum())
+            )
+        denom = torch.as_tensor(num_items_in_batch, device=numerator.device, dtype=numerator.dtype)
+        loss = numerator / denom.clamp(min=1)
         if self.args.average_tokens_across_devices and self.args.world_size > 1:
             # num_items_in_batch counts every process's tokens, and DDP averages gradients over processes.
             loss = loss * self.args.world_size
@@ -170,7 +236,8 @@ def train(cfg: RunConfig, run: RunDir) -> dict[str, Any]:
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
 
     # 2. Data: rendered, tokenized, prompt masked.
-    dataset = build_dataset(cfg.dataset, resolve_ref(cfg.dataset.path, cfg.toy), tokenizer)
+    data_stats: dict[str, Any] = {}
+    dataset = build_dataset(cfg.dataset, resolve_ref(cfg.dataset.path, cfg.toy), tokenizer, data_stats)
 
     # 3. The Trainer, with the recipe's defaults overridden by the config's `training:` block.
     run.train_dir.mkdir(parents=True, exist_ok=True)
@@ -192,6 +259,7 @@ def train(cfg: RunConfig, run: RunDir) -> dict[str, Any]:
         objective_name=cfg.objective.name,
         objective_params=cfg.objective.params,
         run_seed=cfg.seed,
+        loss_normalization=cfg.loss_normalization,
     )
 
     # 4. Train, resuming from the last complete checkpoint if a previous attempt was killed.
@@ -228,6 +296,9 @@ def train(cfg: RunConfig, run: RunDir) -> dict[str, Any]:
         "peak_memory_mb": peak_memory_mb(),
         "num_parameters": model.num_parameters(),
         "num_examples": len(dataset),
+        "num_truncated": data_stats["num_truncated"],
+        "num_no_response": data_stats["num_no_response"],
+        "loss_normalization": cfg.loss_normalization,
     }
     atomic_write_json(run.summary_file, summary)
     return summary

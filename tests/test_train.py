@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
+import math
+import shutil
 
 import pytest
 import torch
@@ -93,10 +96,13 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path, tiny_toy):
 
 
 @pytest.mark.slow
-def test_logged_step_one_loss_equals_objective_by_hand(tmp_path, tiny_toy):
-    """The first logged loss is the objective on the first batch, divided by its response tokens."""
+@pytest.mark.parametrize("normalization", ["tokens", "sequences"])
+def test_logged_step_one_loss_equals_objective_by_hand(tmp_path, tiny_toy, normalization):
+    """The first logged loss is the objective on the first batch, divided by its response tokens
+    (tokens), or the mean over the batch's sequences of each sequence's mean (sequences)."""
     cfg, _ = tiny_toy
-    run_cfg = parse_run_config(_cfg(cfg, {"name": "otr_exact", "tau": 1.5, "beta": -0.2}))
+    d = {**_cfg(cfg, {"name": "otr_exact", "tau": 1.5, "beta": -0.2}), "loss_normalization": normalization}
+    run_cfg = parse_run_config(d)
     _, metrics, _ = _train(tmp_path, "exact", run_cfg.model_dump(mode="json"))
 
     from transformers import set_seed
@@ -116,7 +122,16 @@ def test_logged_step_one_loss_equals_objective_by_hand(tmp_path, tiny_toy):
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     out = objectives.compute("otr_exact", logits, batch["shift_labels"], tau=1.5, beta=-0.2)
     assert metrics[0]["tokens"] == out.num_tokens
-    assert metrics[0]["loss"] == pytest.approx(out.loss.item() / out.num_tokens, rel=1e-4)
+    if normalization == "tokens":
+        expected = out.loss.item() / out.num_tokens
+    else:
+        rows = [
+            objectives.compute("otr_exact", logits[i], batch["shift_labels"][i], tau=1.5, beta=-0.2)
+            for i in range(len(order))
+        ]
+        assert all(r.num_tokens > 0 for r in rows)
+        expected = sum(r.loss.item() / r.num_tokens for r in rows) / len(rows)
+    assert metrics[0]["loss"] == pytest.approx(expected, rel=1e-4)
 
 
 @pytest.mark.slow
@@ -129,3 +144,117 @@ def test_same_seed_same_otr_losses(tmp_path, tiny_toy):
     _, c, _ = _train(tmp_path, "c", {**d, "seed": 1})
     assert [m["loss"] for m in a] == [m["loss"] for m in b]
     assert [m["loss"] for m in a] != [m["loss"] for m in c]
+
+
+# ------------------------------------------------------------------------------------------------------
+# Local JSONL data (prompt/response and chat messages): only response tokens (+ EOS) carry loss
+# ------------------------------------------------------------------------------------------------------
+_QA = [(f"What is {a} + {b}?", f"{a} + {b} = {a + b}\n" * (1 + a % 3) + f"#### {a + b}") for a, b in
+       [(1, 2), (3, 4), (5, 6), (7, 8), (9, 10), (11, 12), (13, 14), (15, 16)]]  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["prompt_response", "messages"])
+def test_train_from_local_jsonl_counts_only_response_tokens(tmp_path, tiny_toy, kind):
+    from tests.test_data import CHAT_TEMPLATE, write_jsonl
+
+    cfg, world = tiny_toy
+    tok = AutoTokenizer.from_pretrained(world.base_model)
+    if kind == "messages":
+        rows = [
+            {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+            for q, a in _QA
+        ]
+        dataset = {"messages_field": "messages", "chat_template": CHAT_TEMPLATE}
+        responses = [a for _, a in _QA]
+    else:
+        rows = [{"question": q, "answer": a} for q, a in _QA]
+        dataset = {"prompt_field": "question", "response_field": "answer"}
+        responses = [" " + a for _, a in _QA]  # the default response_format is " {response}"
+    path = write_jsonl(tmp_path / f"{kind}.jsonl", rows)
+    d = _cfg(cfg, {"name": "sft"}, per_device_train_batch_size=4, max_steps=2)
+    d["dataset"] = {"path": path, **dataset}
+    summary, metrics, _ = _train(tmp_path, kind, d)
+    # Two steps of 4 = one pass over the 8 examples: the logged count is every response token + one EOS each.
+    expected = sum(len(tok(r, add_special_tokens=False)["input_ids"]) + 1 for r in responses)
+    assert [m["step"] for m in metrics] == [1, 2]
+    assert metrics[-1]["tokens"] == summary["response_tokens"] == expected
+    assert summary["num_examples"] == 8 and summary["num_truncated"] == 0
+    assert all(math.isfinite(m["loss"]) for m in metrics)
+    if kind == "messages":  # the chat template travels with the fine-tuned model
+        assert (
+            AutoTokenizer.from_pretrained(tmp_path / kind / "train" / "final").chat_template == CHAT_TEMPLATE
+        )
+
+
+# ------------------------------------------------------------------------------------------------------
+# Checkpoints: keep-last-N, and a resumed run continues exactly like an uninterrupted one
+# ------------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path, tiny_toy, caplog):
+    cfg, _ = tiny_toy
+    # OTR (sampled: per-step draws must be reproduced) with AdamW, warmup and cosine (state must be restored).
+    d = _cfg(
+        cfg,
+        {"name": "otr", "k": 4, "tau": 1.2, "beta": -0.1},
+        max_steps=6,
+        per_device_train_batch_size=8,
+        optim="adamw_torch",
+        learning_rate=1e-3,
+        warmup_steps=2,
+        lr_scheduler_type="cosine",
+        save_strategy="steps",
+        save_steps=2,
+        save_total_limit=2,
+    )
+    run = RunDir(tmp_path / "run")
+    train(parse_run_config(d), run)
+    full = [json.loads(line) for line in run.metrics_file.read_text().splitlines()]
+    assert [m["step"] for m in full] == [1, 2, 3, 4, 5, 6]
+    # save_total_limit=2: only the last two checkpoints are kept.
+    assert sorted(p.name for p in run.train_dir.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-6"]
+
+    # Simulate a run killed after checkpoint-4 was written: later checkpoints, model and summary gone,
+    # and log lines of steps 5-6 left behind (they must be dropped and redone). Mark rows 1-4 to see
+    # that they are kept, i.e. that the run resumed instead of starting over.
+    shutil.rmtree(run.train_dir / "checkpoint-6")
+    shutil.rmtree(run.final_model)
+    run.summary_file.unlink()
+    run.metrics_file.write_text("".join(json.dumps({**m, "kept": m["step"] <= 4}) + "\n" for m in full))
+
+    caplog.set_level(logging.INFO, logger="harness.train")
+    summary = train(parse_run_config(d), run)
+    assert "checkpoint-4" in caplog.text
+    resumed = [json.loads(line) for line in run.metrics_file.read_text().splitlines()]
+    assert [m["step"] for m in resumed] == [1, 2, 3, 4, 5, 6]
+    assert [m.get("kept") for m in resumed] == [True] * 4 + [None] * 2
+    assert summary["steps"] == 6 and run.final_model.is_dir()
+    for a, b in zip(full[4:], resumed[4:], strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5), b["step"]
+        assert b["learning_rate"] == pytest.approx(a["learning_rate"], rel=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------------
+# loss_normalization: sequences
+# ------------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_sequence_normalisation_is_accumulation_invariant_and_differs_from_tokens(tmp_path, tiny_toy):
+    cfg, _ = tiny_toy
+    seq = {**_cfg(cfg, {"name": "sft"}), "loss_normalization": "sequences"}
+    _, m_big, big = _train(tmp_path, "big", seq)
+    acc_cfg = {
+        **_cfg(cfg, {"name": "sft"}, per_device_train_batch_size=2, gradient_accumulation_steps=4),
+        "loss_normalization": "sequences",
+    }
+    _, m_acc, acc = _train(tmp_path, "acc", acc_cfg)
+    assert m_big[0]["tokens"] == m_acc[0]["tokens"]
+    assert m_big[0]["loss"] == pytest.approx(m_acc[0]["loss"], rel=1e-5)
+    for (name, p), q in zip(big.named_parameters(), acc.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6, msg=name)
+    # The same batch under token normalisation: sequences of different lengths weigh differently.
+    _, m_tok, tok_model = _train(tmp_path, "tok", _cfg(cfg, {"name": "sft"}))
+    assert m_tok[0]["tokens"] == m_big[0]["tokens"]
+    assert m_tok[0]["loss"] != pytest.approx(m_big[0]["loss"], rel=1e-4)
+    assert any(
+        not torch.allclose(p, q) for p, q in zip(big.parameters(), tok_model.parameters(), strict=True)
+    )

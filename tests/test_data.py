@@ -1,0 +1,146 @@
+"""Data: prompt/response and chat `messages` files become (input_ids, labels) with the prompt masked.
+
+Fast (no training): the toy tokenizer, a few examples written to tmp_path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+from transformers import AutoTokenizer
+
+from harness.config import ConfigError, DatasetConfig, parse_run_config
+from harness.data import IGNORE_INDEX, build_dataset
+
+# A minimal chat template (the toy tokenizer has none): "<role>content\n" per message.
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<assistant>{% endif %}"
+)
+
+CONVERSATIONS = [
+    [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "What is 1 + 2?"},
+        {"role": "assistant", "content": "3"},
+        {"role": "user", "content": "And 2 + 2?"},
+        {"role": "assistant", "content": "2 + 2 = 4\n#### 4"},
+    ],
+    [
+        {"role": "user", "content": "Add 5 and 7."},
+        {"role": "assistant", "content": "5 + 7 = 12\n#### 12"},
+        {"role": "user", "content": "Thanks!"},  # after the last assistant turn: not part of the example
+    ],
+]
+# The prompts the template must render: every message before the LAST assistant one + generation prompt.
+EXPECTED_PROMPTS = [
+    "<system>Be brief.\n<user>What is 1 + 2?\n<assistant>3\n<user>And 2 + 2?\n<assistant>",
+    "<user>Add 5 and 7.\n<assistant>",
+]
+
+
+def write_jsonl(path, rows) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+@pytest.fixture
+def tok(tiny_toy):
+    _, world = tiny_toy
+    return AutoTokenizer.from_pretrained(world.base_model)
+
+
+def _ids(tok, text: str) -> list[int]:
+    return tok(text, add_special_tokens=False)["input_ids"]
+
+
+def test_messages_mask_exactly_the_rendered_history(tmp_path, tok):
+    path = write_jsonl(tmp_path / "chat.jsonl", [{"messages": c} for c in CONVERSATIONS])
+    cfg = DatasetConfig(path=path, messages_field="messages", chat_template=CHAT_TEMPLATE)
+    stats: dict = {}
+    ds = build_dataset(cfg, path, tok, stats)
+    assert len(ds) == 2 and stats == {"num_examples": 2, "num_truncated": 0, "num_no_response": 0}
+    assert tok.chat_template == CHAT_TEMPLATE  # set on the tokenizer, so the final model saves it
+    for ex, conv, prompt in zip(ds, CONVERSATIONS, EXPECTED_PROMPTS, strict=True):
+        answer = [m for m in conv if m["role"] == "assistant"][-1]["content"]
+        prompt_ids, response_ids = _ids(tok, prompt), _ids(tok, answer) + [tok.eos_token_id]
+        assert ex["input_ids"] == prompt_ids + response_ids
+        assert ex["labels"] == [IGNORE_INDEX] * len(prompt_ids) + response_ids
+
+
+def test_prompt_response_jsonl(tmp_path, tok):
+    rows = [{"q": "1 + 2?", "a": "3"}, {"q": "2 + 2?", "a": "4 and some more words"}]
+    path = write_jsonl(tmp_path / "pr.jsonl", rows)
+    cfg = DatasetConfig(path=path, prompt_field="q", response_field="a", prompt_format="Q: {prompt}\nA:")
+    stats: dict = {}
+    ds = build_dataset(cfg, path, tok, stats)
+    for ex, row in zip(ds, rows, strict=True):
+        prompt_ids = tok(f"Q: {row['q']}\nA:")["input_ids"]
+        response_ids = _ids(tok, " " + row["a"]) + [tok.eos_token_id]
+        assert ex["labels"] == [IGNORE_INDEX] * len(prompt_ids) + response_ids
+        assert ex["input_ids"] == prompt_ids + response_ids
+    assert stats["num_truncated"] == 0
+    # Truncation is counted: a max_length between the two examples' lengths cuts exactly one of them.
+    short = len(ds[0]["input_ids"])
+    assert len(ds[1]["input_ids"]) > short
+    build_dataset(cfg.model_copy(update={"max_length": short}), path, tok, stats)
+    assert stats["num_truncated"] == 1
+
+
+def _messages_error(tmp_path, tok, rows, **cfg_kwargs) -> str:
+    path = write_jsonl(tmp_path / "bad.jsonl", rows)
+    cfg = DatasetConfig(
+        path=path, **{"messages_field": "messages", "chat_template": CHAT_TEMPLATE, **cfg_kwargs}
+    )
+    with pytest.raises(ConfigError) as err:
+        build_dataset(cfg, path, tok)
+    return str(err.value)
+
+
+def test_messages_validation_names_field_and_example(tmp_path, tok):
+    good = {"messages": CONVERSATIONS[1]}
+    user_only = {"messages": [{"role": "user", "content": "hi"}]}
+    msg = _messages_error(tmp_path, tok, [good, user_only])
+    assert "dataset.messages_field" in msg and "example 1" in msg and "no assistant message" in msg
+
+    empty = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "  "}]}
+    msg = _messages_error(tmp_path, tok, [good, good, empty])
+    assert "dataset.messages_field" in msg and "example 2" in msg and "empty" in msg
+
+    msg = _messages_error(tmp_path, tok, [{"conversation": CONVERSATIONS[1]}])
+    assert "dataset.messages_field" in msg and "example 0" in msg and "'messages'" in msg
+    assert "conversation" in msg  # the fields that do exist
+
+    fresh = AutoTokenizer.from_pretrained(tok.name_or_path)  # `tok` got CHAT_TEMPLATE set above
+    assert fresh.chat_template is None  # the toy tokenizer has no template
+    msg = _messages_error(tmp_path, fresh, [good], chat_template=None)
+    assert "dataset.messages_field" in msg and "chat_template" in msg
+
+    (tmp_path / "empty.jsonl").write_text("")
+    cfg = DatasetConfig(
+        path=str(tmp_path / "empty.jsonl"), messages_field="messages", chat_template=CHAT_TEMPLATE
+    )
+    with pytest.raises(ConfigError, match="dataset.path: .*has no examples"):
+        build_dataset(cfg, cfg.path, tok)
+
+
+def test_messages_field_rejects_an_explicit_plain_template(tmp_path):
+    path = write_jsonl(tmp_path / "chat.jsonl", [{"messages": CONVERSATIONS[0]}])
+    with pytest.raises(ConfigError, match="dataset.*messages_field"):
+        parse_run_config(
+            {"model": "m", "dataset": {"path": path, "messages_field": "messages", "template": "plain"}}
+        )
+
+
+def test_new_fields_at_their_defaults_keep_run_ids(tmp_path):
+    """Adding loss_normalization / messages_field / chat_template must not rename existing runs."""
+    path = write_jsonl(tmp_path / "pr.jsonl", [{"prompt": "p", "response": "r"}])
+    cfg = parse_run_config({"model": "m", "dataset": {"path": path}, "objective": {"name": "sft"}})
+    old = cfg.model_dump(mode="json")
+    del old["loss_normalization"], old["dataset"]["messages_field"], old["dataset"]["chat_template"]
+    blob = json.dumps(old, sort_keys=True, separators=(",", ":"))
+    assert cfg.config_hash() == hashlib.sha256(blob.encode()).hexdigest()[:10]
+    changed = cfg.model_copy(update={"loss_normalization": "sequences"})
+    assert changed.config_hash() != cfg.config_hash()
