@@ -11,6 +11,7 @@ disk, a killed sweep resumes by running the same command again.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import platform
 import shutil
@@ -23,7 +24,7 @@ from typing import Any
 
 from harness.config import RunSpec, SweepConfig, expand_sweep, load_sweep_config
 from harness.paths import repo_root
-from harness.rundir import RunDir, atomic_write_json
+from harness.rundir import RunDir, atomic_write_json, atomic_write_text
 
 
 def stages_of(spec: RunSpec) -> tuple[str, ...]:
@@ -34,7 +35,12 @@ def stages_of(spec: RunSpec) -> tuple[str, ...]:
 @dataclasses.dataclass
 class PlannedRun:
     spec: RunSpec
-    run: RunDir
+    out_dir: Path  # the sweep directory
+
+    @functools.cached_property
+    def run(self) -> RunDir:
+        # Lazy: building 10,000 paths is a noticeable part of planning a large grid.
+        return RunDir(self.out_dir / self.spec.run_id)
 
     @property
     def stages(self) -> tuple[str, ...]:
@@ -64,7 +70,7 @@ def plan(sweep_file: str | Path, out_dir: str | Path | None = None) -> Plan:
     sweep = load_sweep_config(sweep_file)
     specs = expand_sweep(sweep, str(sweep_file))
     out = Path(out_dir or sweep.output_dir or Path("runs") / sweep.name)
-    return Plan(sweep, Path(sweep_file), out, [PlannedRun(s, RunDir(out / s.run_id)) for s in specs])
+    return Plan(sweep, Path(sweep_file), out, [PlannedRun(s, out) for s in specs])
 
 
 def environment() -> dict[str, Any]:
@@ -119,11 +125,36 @@ def environment() -> dict[str, Any]:
     return env
 
 
+def remove_stale_temps(directory: Path, recursive: bool = True) -> list[Path]:
+    """Delete the temp files/dirs (``.<name>.<random>.tmp``, ``train/.final.tmp``) a killed process left behind.
+
+    Atomic writes go through such temps and rename them into place; a SIGKILL between the two leaves the
+    temp. Only call this on a directory no other process is writing to (the sweep runs one stage at a time).
+    """
+    if not directory.is_dir():
+        return []
+    pattern = "**/.*.tmp" if recursive else ".*.tmp"
+    stale = sorted(directory.glob(pattern), key=lambda q: len(q.parts), reverse=True)
+    for path in stale:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return stale
+
+
 def _prepare(p: PlannedRun, sweep_name: str) -> None:
-    """Create the run directory with its frozen config (idempotent: the config is keyed by its hash)."""
+    """Create the run directory with its frozen config (idempotent: the config is keyed by its hash).
+
+    meta.json is written before config.yaml, and both are checked: a sweep killed between the two writes
+    must not leave a run without its metadata forever.
+    """
+    remove_stale_temps(p.run.path)
+    meta = p.run.path / "meta.json"
+    if not meta.exists():
+        atomic_write_json(meta, {"variant": p.spec.variant, "sweep": sweep_name})
     if not p.run.config_file.exists():
         p.run.write_config(p.spec.config)
-        atomic_write_json(p.run.path / "meta.json", {"variant": p.spec.variant, "sweep": sweep_name})
 
 
 def _run_stage(p: PlannedRun, stage: str) -> bool:
@@ -154,8 +185,10 @@ def run(sweep_file: str | Path, out_dir: str | Path | None = None, *, echo=print
 
     pl = plan(sweep_file, out_dir)
     pl.out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(pl.out_dir, recursive=False)  # each run's own temps: in _prepare, before it runs
     # Keep the sweep file beside its runs, so `report` and `status` need only the directory.
-    shutil.copyfile(pl.source, pl.out_dir / "sweep.yaml")
+    if pl.source.resolve() != (pl.out_dir / "sweep.yaml").resolve():
+        atomic_write_text(pl.out_dir / "sweep.yaml", pl.source.read_text())
     atomic_write_json(
         pl.out_dir / "plan.json", {"sweep": pl.sweep.name, "runs": [p.run.run_id for p in pl.runs]}
     )
