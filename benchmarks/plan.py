@@ -23,6 +23,7 @@ from pathlib import Path
 
 import yaml
 
+from harness import toy
 from harness.sweep import plan
 
 
@@ -42,12 +43,7 @@ def sweep_dict(runs: int, shape: str) -> dict:
         "toy": {},
         "base": {
             "model": "toy:base",
-            "dataset": {
-                "path": "toy:math/train",
-                "prompt_field": "question",
-                "response_field": "answer",
-                "prompt_format": "Question: {prompt}\nAnswer:",
-            },
+            "dataset": toy.dataset_config(),
             "training": {"learning_rate": 1e-3, "per_device_train_batch_size": 32, "max_steps": 150},
             "eval": {"suites": ["toy"]},
         },

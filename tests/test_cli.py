@@ -7,6 +7,7 @@ import json
 import pytest
 import yaml
 
+from harness import toy
 from harness.cli import build_parser, main
 from harness.rundir import RunDir
 
@@ -26,13 +27,7 @@ def test_train_then_eval_a_single_run(tmp_path, tiny_toy, capsys):
     run_cfg = {
         "model": "toy:base",
         "toy": cfg.model_dump(mode="json"),
-        "dataset": {
-            "path": "toy:math/train",
-            "prompt_field": "question",
-            "response_field": "answer",
-            "prompt_format": "Question: {prompt}\nAnswer:",
-            "max_examples": 16,
-        },
+        "dataset": toy.dataset_config(max_examples=16),
         "objective": {"name": "otr_exact", "tau": 1.0, "beta": 0.0},
         "training": {"per_device_train_batch_size": 4, "max_steps": 2, "logging_steps": 1},
         "eval": {"suites": ["toy"], "limit": 3, "batch_size": 4},

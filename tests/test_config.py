@@ -110,3 +110,11 @@ def test_cli_rejects_bad_sweep_with_exit_2_and_writes_nothing(tmp_path, capsys, 
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "k" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep.yaml"]  # no runs/, no reports/
+
+
+def test_demo_trains_on_the_prompt_the_toy_tasks_evaluate():
+    from harness import toy
+    from harness.config import DatasetConfig
+
+    demo = DatasetConfig.model_validate(_demo()["base"]["dataset"])
+    assert demo == DatasetConfig.model_validate(toy.dataset_config(max_length=demo.max_length))

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from harness import toy
 from harness.cli import main
 from harness.rundir import RunDir
 
@@ -22,14 +23,7 @@ def _sweep(cfg) -> dict:
         "toy": cfg.model_dump(mode="json"),
         "base": {
             "model": "toy:base",
-            "dataset": {
-                "path": "toy:math/train",
-                "prompt_field": "question",
-                "response_field": "answer",
-                "prompt_format": "Question: {prompt}\nAnswer:",
-                "max_length": 256,
-                "max_examples": 64,
-            },
+            "dataset": toy.dataset_config(max_length=256, max_examples=64),
             "training": {
                 "learning_rate": 1e-3,
                 "per_device_train_batch_size": 4,

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from harness import toy
 from harness.config import ConfigError, axis_label, expand_sweep, load_sweep_config
 from harness.paths import repo_root
 from harness.rundir import RunDir
@@ -313,14 +314,7 @@ def _tiny_sweep(toy_cfg) -> dict:
         "toy": toy_cfg.model_dump(mode="json"),
         "base": {
             "model": "toy:base",
-            "dataset": {
-                "path": "toy:math/train",
-                "prompt_field": "question",
-                "response_field": "answer",
-                "prompt_format": "Question: {prompt}\nAnswer:",
-                "max_length": 128,
-                "max_examples": 32,
-            },
+            "dataset": toy.dataset_config(max_length=128, max_examples=32),
             "training": {
                 "learning_rate": 1e-3,
                 "per_device_train_batch_size": 4,

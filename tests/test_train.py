@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from harness import objectives
+from harness import objectives, toy
 from harness.config import parse_run_config
 from harness.data import IGNORE_INDEX, Collator, tokenize_example
 from harness.rundir import RunDir
@@ -23,13 +23,7 @@ def _cfg(toy_cfg, objective: dict, **training) -> dict:
     return {
         "model": "toy:base",
         "toy": toy_cfg.model_dump(mode="json"),
-        "dataset": {
-            "path": "toy:math/train",
-            "prompt_field": "question",
-            "response_field": "answer",
-            "prompt_format": "Question: {prompt}\nAnswer:",
-            "max_examples": 32,
-        },
+        "dataset": toy.dataset_config(max_examples=32),
         "objective": objective,
         "training": {
             "learning_rate": 1e-2,

@@ -24,6 +24,7 @@ __all__ = [
     "ToyPretrainConfig",
     "ToyWorld",
     "build",
+    "dataset_config",
     "is_toy_ref",
     "resolve",
     "valid_refs",
@@ -55,3 +56,14 @@ def resolve(ref: str, cfg: ToyConfig) -> str:
         return str(world.tasks_dir)
     domain, split = ref[len(PREFIX) :].split("/")
     return str(world.data_file(domain, split))
+
+
+def dataset_config(domain: str = "math", split: str = "train", **overrides) -> dict:
+    """The ``dataset:`` block that fine-tunes on a toy split with exactly the prompt the toy lm-eval tasks use."""
+    return {
+        "path": f"toy:{domain}/{split}",
+        "prompt_field": "question",
+        "response_field": "answer",
+        "prompt_format": PROMPT.replace("{question}", "{prompt}"),
+        **overrides,
+    }
