@@ -216,6 +216,33 @@ class MetricsLog(TrainerCallback):
             f.write(json.dumps(row) + "\n")
 
 
+COUNTERS_FILE = "harness_counters.json"
+
+
+class CheckpointCounters(TrainerCallback):
+    """Save the trainer's cumulative token counters inside every checkpoint, so a resumed run's compute
+    accounting (metrics.jsonl `tokens` / `sampled_tokens`, summary.json) covers the whole run."""
+
+    def __init__(self, trainer: ObjectiveTrainer):
+        self.trainer = trainer
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            path = Path(args.output_dir) / f"checkpoint-{state.global_step}" / COUNTERS_FILE
+            atomic_write_json(
+                path, {"tokens_seen": self.trainer.tokens_seen, "sampled_tokens": self.trainer.sampled_tokens}
+            )
+
+    @staticmethod
+    def restore(trainer: ObjectiveTrainer, checkpoint: str) -> None:
+        path = Path(checkpoint) / COUNTERS_FILE
+        if path.exists():  # absent only if the run was killed between the checkpoint and this file
+            counters = json.loads(path.read_text())
+            trainer.tokens_seen, trainer.sampled_tokens = counters["tokens_seen"], counters["sampled_tokens"]
+        else:
+            log.warning("%s has no %s: token counts restart at 0", checkpoint, COUNTERS_FILE)
+
+
 def _truncate_metrics(path: Path, upto_step: int) -> None:
     """On resume, drop log lines written after the checkpoint we resume from (they will be redone)."""
     rows = [r for r in read_jsonl(path) if r.get("step", 0) <= upto_step]
@@ -263,10 +290,12 @@ def train(cfg: RunConfig, run: RunDir) -> dict[str, Any]:
     )
 
     # 4. Train, resuming from the last complete checkpoint if a previous attempt was killed.
+    trainer.add_callback(CheckpointCounters(trainer))
     checkpoint = get_last_checkpoint(str(run.train_dir)) if run.train_dir.exists() else None
     if checkpoint:
         log.info("resuming from %s", checkpoint)
         _truncate_metrics(run.metrics_file, int(checkpoint.rsplit("-", 1)[-1]))
+        CheckpointCounters.restore(trainer, checkpoint)
     elif run.metrics_file.exists():
         run.metrics_file.unlink()
     result = trainer.train(resume_from_checkpoint=checkpoint)

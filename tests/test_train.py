@@ -202,7 +202,7 @@ def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path, tiny_toy, ca
         save_total_limit=2,
     )
     run = RunDir(tmp_path / "run")
-    train(parse_run_config(d), run)
+    full_summary = train(parse_run_config(d), run)
     full = [json.loads(line) for line in run.metrics_file.read_text().splitlines()]
     assert [m["step"] for m in full] == [1, 2, 3, 4, 5, 6]
     # save_total_limit=2: only the last two checkpoints are kept.
@@ -226,6 +226,10 @@ def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path, tiny_toy, ca
     for a, b in zip(full[4:], resumed[4:], strict=True):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5), b["step"]
         assert b["learning_rate"] == pytest.approx(a["learning_rate"], rel=1e-6)
+        # Compute accounting is cumulative over the whole run, not over the resumed part only.
+        assert (b["tokens"], b["sampled_tokens"]) == (a["tokens"], a["sampled_tokens"]), b["step"]
+    for key in ("response_tokens", "sampled_tokens"):
+        assert summary[key] == full_summary[key] > 0, key
 
 
 # ------------------------------------------------------------------------------------------------------
