@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import paths
+from ..rundir import atomic_write_text
 from . import math_tasks
 from .config import GENERATOR_VERSION, ToyConfig, world_hash
 
@@ -101,11 +102,8 @@ def render_tasks(world_root: Path, domains: tuple[str, ...]) -> Path:
             continue
         text = src.read_text().replace(PLACEHOLDER, str(world_root.resolve()))
         target = dst / src.name
-        if target.exists() and target.read_text() == text:
-            continue
-        tmp = dst / f".{src.name}.{os.getpid()}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, target)
+        if not (target.exists() and target.read_text() == text):
+            atomic_write_text(target, text)
     return dst
 
 
