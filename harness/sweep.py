@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.config import RunSpec, SweepConfig, expand_sweep, load_sweep_config
+from harness.launch import stage_command
 from harness.paths import repo_root
 from harness.rundir import RunDir, atomic_write_json, atomic_write_text
 
@@ -167,7 +168,7 @@ def _run_stage(p: PlannedRun, stage: str) -> bool:
         log.write(f"\n===== {stage} started {time.strftime('%Y-%m-%d %H:%M:%S')} =====\n")
         log.flush()
         proc = subprocess.run(
-            [sys.executable, "-m", "harness.worker", stage, str(p.run.path)],
+            stage_command(stage, p.run.path, p.spec.config),
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
