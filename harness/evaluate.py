@@ -33,7 +33,9 @@ class SuiteTask(BaseModel):
     model_config = ConfigDict(extra="forbid")
     task: str
     domain: Literal["math", "code", "reasoning", "other"] = "other"
-    split: Literal["id", "ood"] = "id"
+    # id: in-domain test; ood: out-of-distribution test; val: model selection only (e.g. picking the lr),
+    # never reported as a result.
+    split: Literal["id", "ood", "val"] = "id"
     metric: str = Field(
         "exact_match", description="primary metric name as lm-eval reports it (before the comma)"
     )
