@@ -25,7 +25,7 @@ torch tensors only (not Python objects, not the allocator's cached-but-free memo
 resident model; ``peak_total`` adds the bytes allocated before the step (weights, batch).
 
     python benchmarks/objectives.py            # full: V in {32k, 152k}, K in {1, 16, 256}
-    python benchmarks/objectives.py --quick    # batch 1x256, 2 repeats
+    python benchmarks/objectives.py --quick    # batch 1x256, 2 + 5 rounds
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import statistics
 import sys
 import tempfile
@@ -70,8 +71,12 @@ def make_batch(vocab, batch, seq, prompt_frac, device):
     return ids[:, :-1].to(device), labels.to(device)
 
 
+CONTROL = "sft (control)"
+
+
 def variants(ks):
-    out = [("sft", "sft", {}), ("dft", "dft", {}), ("otr_exact", "otr_exact", {})]
+    # CONTROL is sft measured a second time under its own name: its ratio to sft is the noise floor.
+    out = [("sft", "sft", {}), (CONTROL, "sft", {}), ("dft", "dft", {}), ("otr_exact", "otr_exact", {})]
     out += [(f"otr K={k}", "otr", {"k": k}) for k in ks]
     out += [
         ("unlikelihood", "unlikelihood", {}),
@@ -114,6 +119,7 @@ def objective_only(model, ids, labels, path, name, params, chunk_size):
     n = int((labels != O.IGNORE_INDEX).sum())
 
     def step():
+        leaf.grad = weight.grad = None  # set, not accumulated: every call does the same work
         gen = torch.Generator(device=ids.device).manual_seed(0)
         if name == "sft_torch":
             loss = F.cross_entropy(leaf.flatten(0, 1), labels.flatten(), reduction="sum")
@@ -168,20 +174,47 @@ def bench(args, vocab, device, rows):
         vs = variants(args.k)
         if path == "logits":
             vs.insert(1, ("sft_torch", "sft_torch", {}))
+        if args.only:  # sft and its control are always kept: every ratio is relative to them
+            vs = [v for v in vs if v[0] in ("sft", CONTROL) or v[1] in args.only]
         steps = {label: make_step(model, ids, labels, path, n, p, args.chunk_size, 0) for label, n, p in vs}
         times = {label: [] for label in steps}
         cpu = {label: [] for label in steps}
+        # With one intra-op thread all of torch's work runs on this thread: its CPU time excludes the
+        # time the OS gave to other processes, the main noise on a shared machine. Otherwise use the
+        # process's CPU time (all threads).
+        cpu_clock = time.thread_time if torch.get_num_threads() == 1 else time.process_time
+        order = list(steps)
         for r in range(args.reps + 1):  # round 0 is the warm-up
-            for label, step in steps.items():
+            random.Random(r).shuffle(order)  # no variant always runs right after the same one
+            for label in order:
                 model.zero_grad(set_to_none=True)
                 sync(device)
-                t0, c0 = time.perf_counter(), time.process_time()
-                step()
+                t0, c0 = time.perf_counter(), cpu_clock()
+                steps[label]()
                 sync(device)
                 if r > 0:
                     times[label].append(time.perf_counter() - t0)
-                    cpu[label].append(time.process_time() - c0)
+                    cpu[label].append(cpu_clock() - c0)
             print(f"  V={vocab} {path}: round {r}/{args.reps} done", file=sys.stderr, flush=True)
+        # The objective alone on detached model outputs, many more rounds (it is cheap on the logits
+        # path): the model's forward/backward is the same for every objective, so a variant's extra step
+        # time is its extra objective time. Paired per round: d = t(variant) - t(sft) of the same round.
+        obj_steps = {
+            label: objective_only(model, ids, labels, path, n, p, args.chunk_size) for label, n, p in vs
+        }
+        obj_cpu = {label: [] for label in obj_steps}
+        order = list(obj_steps)
+        for r in range(args.obj_reps + 1):
+            random.Random(1000 + r).shuffle(order)
+            for label in order:
+                sync(device)
+                c0 = cpu_clock()
+                obj_steps[label]()
+                sync(device)
+                if r > 0:
+                    obj_cpu[label].append(cpu_clock() - c0)
+        print(f"  V={vocab} {path}: objective-only rounds done", file=sys.stderr, flush=True)
+        del obj_steps
         mem, obj_mem = {}, {}
         if not args.no_memory:
             for label, step in steps.items():
@@ -191,11 +224,18 @@ def bench(args, vocab, device, rows):
                 obj_mem[label] = peak_memory(
                     objective_only(model, ids, labels, path, n, p, args.chunk_size), device
                 )
-        t_sft, c_sft = statistics.median(times["sft"]), statistics.median(cpu["sft"])
         for label in steps:
-            t, c = statistics.median(times[label]), statistics.median(cpu[label])
-            row = dict(vocab=vocab, path=path, variant=label, time_s=t, time_ratio=t / t_sft)
-            row.update(cpu_s=c, cpu_ratio=c / c_sft)
+            # Ratios are paired by round (variant / sft of the same round, then the median over rounds):
+            # slow drifts of the machine's speed cancel within a round.
+            t_ratios = [a / b for a, b in zip(times[label], times["sft"], strict=True)]
+            c_ratios = [a / b for a, b in zip(cpu[label], cpu["sft"], strict=True)]
+            row = dict(vocab=vocab, path=path, variant=label, time_s=statistics.median(times[label]))
+            row.update(time_ratio=statistics.median(t_ratios), cpu_s=statistics.median(cpu[label]))
+            row.update(cpu_ratio=statistics.median(c_ratios), cpu_iqr=_quartiles(c_ratios))
+            extra = statistics.median([a - b for a, b in zip(obj_cpu[label], obj_cpu["sft"], strict=True)])
+            # step ratio implied by the objective's extra CPU time over SFT's whole step
+            row.update(obj_cpu_s=statistics.median(obj_cpu[label]), extra_ms=1e3 * extra)
+            row.update(derived_ratio=1 + extra / statistics.median(cpu["sft"]))
             if mem:
                 row.update(
                     peak_mib=mem[label] / 2**20,
@@ -209,10 +249,21 @@ def bench(args, vocab, device, rows):
     del model
 
 
+def _quartiles(xs: list[float]) -> tuple[float, float]:
+    """(25th, 75th) percentile of the per-round ratios: how much a single round's ratio scatters."""
+    if len(xs) < 2:
+        return (xs[0], xs[0])
+    q = statistics.quantiles(xs, n=4, method="inclusive")
+    return (q[0], q[2])
+
+
 def markdown(rows) -> str:
     has_mem = "peak_mib" in rows[0]
-    head = "| V | path | objective | wall s | wall / sft | cpu s | cpu / sft |"
-    sep = "|---|---|---|---:|---:|---:|---:|"
+    head = (
+        "| V | path | objective | wall s | wall / sft | cpu s | cpu / sft | cpu / sft IQR "
+        "| objective cpu s | extra ms | derived / sft |"
+    )
+    sep = "|---|---|---|---:|---:|---:|---:|---|---:|---:|---:|"
     if has_mem:
         head += " step peak MiB | / sft | objective peak MiB | / sft |"
         sep += "---:|---:|---:|---:|"
@@ -220,7 +271,8 @@ def markdown(rows) -> str:
     for r in rows:
         line = (
             f"| {r['vocab']} | {r['path']} | {r['variant']} | {r['time_s']:.2f} | {r['time_ratio']:.3f} "
-            f"| {r['cpu_s']:.2f} | {r['cpu_ratio']:.3f} |"
+            f"| {r['cpu_s']:.2f} | {r['cpu_ratio']:.3f} | {r['cpu_iqr'][0]:.3f}-{r['cpu_iqr'][1]:.3f} "
+            f"| {r['obj_cpu_s']:.3f} | {r['extra_ms']:+.1f} | {r['derived_ratio']:.3f} |"
         )
         if has_mem:
             line += (
@@ -240,7 +292,11 @@ def main(argv=None):
     ap.add_argument("--prompt-frac", type=float, default=0.25, help="leading positions masked as prompt")
     ap.add_argument("--hidden", type=int, default=512)
     ap.add_argument("--layers", type=int, default=2)
-    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--reps", type=int, default=5, help="rounds of whole steps (after one warm-up)")
+    ap.add_argument(
+        "--obj-reps", type=int, default=30, help="rounds of the objective alone (cheap; the precise part)"
+    )
+    ap.add_argument("--only", nargs="+", help="objective names to measure (sft is always included)")
     ap.add_argument("--chunk-size", type=int, default=None, help="positions per block (default: auto)")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0: torch default)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -249,7 +305,7 @@ def main(argv=None):
     ap.add_argument("--json", help="also write the rows here")
     args = ap.parse_args(argv)
     if args.quick:
-        args.batch, args.seq, args.reps = 1, 256, 2
+        args.batch, args.seq, args.reps, args.obj_reps = 1, 256, 2, 5
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)

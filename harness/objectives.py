@@ -192,22 +192,35 @@ def otr_exact(r: Rows, prm: OTRExactParams):
     beta, tau, x = prm.beta, prm.tau, r.target[:, None]
     if tau == 1.0:  # pi' = pi: sum_a pi(a) log pi(a) = -H is known, and W pi - beta pi = (1 - beta) pi(x) pi
         pt_x, cross = r.p_x, -r.entropy
-    else:
-        # e = pi' * s, built in p's block (p is recomputed from log p below: no third [c, V] block);
-        # (log pi - max log pi) / tau <= 0, so exp cannot overflow
-        e = torch.add((-r.logp_max / tau)[:, None], r.logp, alpha=1.0 / tau, out=r.p).exp_()
+        loss = -((1 - beta) * pt_x * r.logp_x + beta * cross)
+        if not r.need_grad:
+            return loss, None
+        grad = r.p.mul_(((1 - beta) * pt_x)[:, None])
+        return loss, _sub_at_target(grad, r.target, (1 - beta) * pt_x)
+    # tau != 1: pi' is built piece by piece (a few rows at a time) in a cache-sized scratch; each piece's
+    # sums are taken and its gradient W pi - beta pi' finished in p's block while the piece is still in
+    # cache. One exp pass over [c, V] and no [c, V] temporary: as cheap as one more softmax can be.
+    c, vocab = r.logp.shape
+    rows = max(1, _ROWDOT_ELEMS // vocab)
+    buf = torch.empty(min(rows, c), vocab, dtype=r.p.dtype, device=r.p.device)
+    scratch = torch.empty_like(buf)
+    pt_x = torch.empty(c, dtype=r.p.dtype, device=r.p.device)
+    cross = torch.empty_like(pt_x)
+    for i in range(0, c, rows):
+        j = min(c, i + rows)
+        logp = r.logp[i:j]
+        # e = s * pi' with (log pi - max log pi) / tau <= 0, so exp cannot overflow
+        e = torch.add((-r.logp_max[i:j] / tau)[:, None], logp, alpha=1.0 / tau, out=buf[: j - i]).exp_()
         s = e.sum(1)
-        pt_x = e.gather(1, x).view(-1) / s
-        cross = _rowdot(e, r.logp) / s  # sum_a pi'(a) log pi(a)
+        pt_x[i:j] = e.gather(1, x[i:j]).view(-1) / s
+        cross[i:j] = torch.sum(torch.mul(e, logp, out=scratch[: j - i]), -1) / s  # sum_a pi'(a) log pi(a)
+        if r.need_grad:  # W pi - beta pi' = W pi - (beta / s) e
+            total_w = beta + (1 - beta) * pt_x[i:j]
+            r.p[i:j].mul_(total_w[:, None]).addcmul_(e, (-beta / s)[:, None])
     loss = -((1 - beta) * pt_x * r.logp_x + beta * cross)
     if not r.need_grad:
         return loss, None
-    total_w = beta + (1 - beta) * pt_x
-    if tau == 1.0:
-        grad = r.p.mul_((total_w - beta)[:, None])
-    else:  # W pi - beta pi' = W exp(log pi) - (beta / s) e, written over log p's block
-        grad = r.logp.exp_().mul_(total_w[:, None]).addcmul_(e, (-beta / s)[:, None])
-    return loss, _sub_at_target(grad, r.target, (1 - beta) * pt_x)
+    return loss, _sub_at_target(r.p, r.target, (1 - beta) * pt_x)
 
 
 def unlikelihood(r: Rows, prm: UnlikelihoodParams):

@@ -261,6 +261,19 @@ def test_chunked_equals_unchunked(name):
 
 
 @pytest.mark.parametrize("name", ALL)
+def test_row_pieces_equal_one_piece(name, monkeypatch):
+    """Objectives that walk a chunk in cache-sized row pieces (otr_exact at tau != 1, the row dots) give
+    the same result with pieces of 1 or 2 rows as with the whole chunk in one piece."""
+    logits, labels = _batch(b=4, t=6, seed=11)
+    whole, g_whole = _run(name, logits, labels)
+    for rows in (1, 2):
+        monkeypatch.setattr(O, "_ROWDOT_ELEMS", rows * V)
+        out, g = _run(name, logits, labels)
+        torch.testing.assert_close(out.loss, whole.loss, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(g, g_whole, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ALL)
 def test_from_hidden_equals_logits(name):
     g = _gen(14)
     b, t, h = 3, 5, 6
