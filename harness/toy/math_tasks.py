@@ -7,7 +7,7 @@ integers in 0..99) and whose last line is ``#### <answer>``. Everything is a pur
 
 Splits
 ------
-- ``train`` / ``test_id``: 2-3 reasoning steps, names from the training pool, all phrasings.
+- ``train`` / ``val`` / ``test_id``: 2-3 reasoning steps, names from the training pool, all phrasings.
 - ``test_ood``: one more step (4) and names never seen in train (``OOD_SHIFTS``; held-out question
   phrasings exist too but are off by default: the tiny base then scores ~0). Each individual step
   is still a kind seen in training, so a model can in principle solve it.
@@ -39,7 +39,7 @@ CONTAINERS = ["bags", "boxes", "packs", "jars", "baskets"]
 SHE = {"Mia", "Anna", "Lily", "Emma", "Lucy", "Ella", "Zoe", "Ava", "Ruby", "Nora", "Ivy", "Rosa"}
 SHE |= {"Maya", "Tess", "Iris", "Vera"}
 
-STEPS = {"train": (2, 3), "test_id": (2, 3), "test_ood": (4, 4), "pretrain": (1, 3)}
+STEPS = {"train": (2, 3), "val": (2, 3), "test_id": (2, 3), "test_ood": (4, 4), "pretrain": (1, 3)}
 # What makes test_ood out of distribution: "steps" (one more step), "names" (held-out names),
 # "phrasing" (held-out final-question sentences). Measured on the demo base (28.5% on test_id):
 # steps 6%, names+phrasing 4%, steps+names 4.5%, all three 0.5%; the default keeps OOD above chance.

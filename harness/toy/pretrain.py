@@ -9,17 +9,18 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections.abc import Iterator
 
 import torch
 from tqdm.auto import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from . import math_tasks
-from .config import PROMPT, ToyConfig
+from . import code_tasks, math_tasks, reasoning_tasks
+from .config import DOC_KINDS, PROMPT, ToyConfig
 
 
 def math_document(kind: str, rng: random.Random, problems) -> str:
-    """One pre-training document of ``kind`` (see ToyPretrainConfig.mix)."""
+    """One math pre-training document of ``kind`` (``qa``, ``solution`` or ``drill``)."""
     if kind == "drill":
         return math_tasks.arithmetic_drill(rng, rng.randint(6, 14))
     p = next(problems)
@@ -35,13 +36,31 @@ def math_document(kind: str, rng: random.Random, problems) -> str:
     raise ValueError(f"unknown document kind {kind!r}")
 
 
-def corpus(cfg: ToyConfig, exclude: set[str]):
-    """Endless deterministic stream of pre-training documents (no test question ever appears)."""
+def corpus(cfg: ToyConfig, exclude: set[str]) -> Iterator[str]:
+    """Endless deterministic stream of pre-training documents of every domain of the world, drawn with
+    the ``pretrain.mix`` weights. No held-out (val / test) question ever appears."""
     rng = random.Random(f"toy-corpus/{cfg.seed}")
-    problems = math_tasks.iter_pretrain_problems(cfg.seed, exclude)
-    kinds, weights = zip(*sorted(cfg.pretrain.mix.items()), strict=True)
+    math_problems = math_tasks.iter_pretrain_problems(cfg.seed, exclude)
+    streams = {
+        ds: mod.iter_pretrain(ds, cfg.seed, exclude)
+        for ds, mod in (
+            ("code_output", code_tasks),
+            ("code_function", code_tasks),
+            ("reasoning_mc", reasoning_tasks),
+            ("reasoning_logic", reasoning_tasks),
+        )
+    }
+    mix = {k: w for k, w in sorted(cfg.pretrain.mix.items()) if DOC_KINDS[k] in cfg.domains and w > 0}
+    kinds, weights = zip(*mix.items(), strict=True)
     while True:
-        yield math_document(rng.choices(kinds, weights)[0], rng, problems)
+        kind = rng.choices(kinds, weights)[0]
+        if kind.startswith("math_"):
+            yield math_document(kind[len("math_") :], rng, math_problems)
+        elif kind == "reasoning_fact":
+            yield reasoning_tasks.fact_document(rng)
+        else:
+            mod = code_tasks if kind.startswith("code_") else reasoning_tasks
+            yield mod.document(kind, next(streams[kind]), rng)
 
 
 def pack_rows(docs, tok: PreTrainedTokenizerFast, n_rows: int, seq_len: int) -> torch.Tensor:

