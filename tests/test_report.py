@@ -26,6 +26,7 @@ TASKS = {  # task -> (domain, split)
     "toy_math_id": ("math", "id"),
     "toy_math_ood": ("math", "ood"),
     "toy_code_ood": ("code", "ood"),
+    "toy_math_val": ("math", "val"),  # model selection only: never a result
 }
 METRIC = "exact_match,strict-match"
 
@@ -509,3 +510,118 @@ def test_html_renders_in_headless_chromium(rich, tmp_path):
         exe, tmp_path / "profile2", "--window-size=1280,2400", f"--screenshot={shot}", paths["html"].as_uri()
     )
     assert res.returncode == 0 and shot.stat().st_size > 10_000, res.stderr[-2000:]
+
+
+# --- learning-rate tuning -----------------------------------------------------------------------------
+LRS = [1e-4, 1e-3, 1e-2]
+# (method, lr) -> (validation accuracy, in-domain test accuracy). On test, sft looks best at 1e-4: the
+# report must still pick 1e-3, the best on validation.
+TUNED = {
+    ("sft", 1e-4): (0.30, 0.90),
+    ("sft", 1e-3): (0.60, 0.50),
+    ("sft", 1e-2): (0.40, 0.40),
+    ("otr", 1e-4): (0.20, 0.30),
+    ("otr", 1e-3): (0.50, 0.30),
+    ("otr", 1e-2): (0.50, 0.70),  # ties 1e-3 on validation? no: 1e-3 is listed first, see below
+}
+
+
+def _build_tuned_sweep(d: Path, val: dict | None = None) -> None:
+    val = val or {}
+    _make_run(d, "base", "base", None, {"toy_math_id": _scores(0.1, 1), "toy_math_val": _scores(0.1, 2)})
+    for (method, lr), (p_val, p_test) in TUNED.items():
+        p_val = val.get((method, lr), p_val)
+        for s in (0, 1):
+            run_id = f"{method}-lr{lr:g}-s{s}"
+            # Fixed per-question scores: the mean over seeds is exactly p (30 questions, p*30 correct).
+            n_val, n_test = round(p_val * 30), round(p_test * 30)
+            scores = {
+                "toy_math_id": [1.0] * n_test + [0.0] * (30 - n_test),
+                "toy_math_val": [1.0] * n_val + [0.0] * (30 - n_val),
+            }
+            _make_run(d, run_id, f"{method}-lr{lr:g}", s, scores, lr=lr, objective={"name": method})
+            atomic_write_json(
+                d / run_id / "meta.json",
+                {"variant": f"{method}-lr{lr:g}", "sweep": "tuned", "tuning_group": method},
+            )
+    (d / "sweep.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "name": "tuned",
+                "base": {"model": "toy:base"},
+                "lr_tuning": {
+                    "learning_rates": LRS,
+                    "select": {
+                        "suite": "toy",
+                        "task": "toy_math_val",
+                        "metric": "exact_match",
+                        "mode": "max",
+                    },
+                },
+            }
+        )
+    )
+
+
+def test_tuned_sweep_compares_each_method_at_its_validation_picked_lr(tmp_path):
+    d = tmp_path / "runs" / "tuned"
+    _build_tuned_sweep(d)
+    paths = report.render(d, tmp_path / "out", n_boot=200)
+    md = paths["md"].read_text()
+    out = tmp_path / "out"
+
+    sel = pd.read_csv(out / "selection.csv")
+    picked = {(r.group, r.learning_rate) for r in sel.itertuples() if r.selected}
+    # otr ties at 0.5 on validation between 1e-3 and 1e-2: the lr listed first wins.
+    assert picked == {("sft", 1e-3), ("otr", 1e-3)}
+    assert len(sel) == 6 and sel.loc[(sel.group == "sft") & (sel.learning_rate == 1e-3), "mean"].item() == 0.6
+
+    # Main table: one row per method (not per lr), at the picked lr, on test tasks only.
+    main = md.split("## Main table")[1].split("\n## ")[0]
+    rows = {line.split(" | ")[0].strip("| "): line for line in main.splitlines() if line.startswith("| ")}
+    assert {"base", "sft", "otr"} <= set(rows) and not any("lr" in m for m in rows if m not in ("method",))
+    assert "50.0 ± 0.0 (n=2)" in rows["sft"]  # its test score at the picked 1e-3, not the 90.0 at 1e-4
+    assert "30.0 ± 0.0 (n=2)" in rows["otr"] and "Δ SFT −20.0" in rows["otr"].replace("-", "−")
+    assert "90.0" not in rows["sft"] and "toy_math_val" not in rows["method"]  # no validation column
+    assert (
+        "sft at lr 0.001" in main and "otr at lr 0.001" in main and "validation task toy/toy_math_val" in main
+    )
+
+    # The selection is stated with its grid; validation rows are never results.
+    assert "## Learning-rate selection" in md
+    results = pd.read_csv(out / "results.csv")
+    assert "val" not in set(results["split"]) and len(results) == 1 + 12  # every run's test row, base too
+    assert set(pd.read_csv(out / "validation.csv")["task"]) == {"toy_math_val"}
+    assert (out / "score_vs_lr.png").exists()  # drawn on validation, in the selection section
+    assert "Validation score vs learning rate" in md and "Score vs learning rate" not in md
+    # The runs table still lists every run, also the lrs not picked.
+    runs_section = md.split("## Runs")[1]
+    assert all(f"{m}-lr{lr:g}-s{s}" in runs_section for (m, lr) in TUNED for s in (0, 1))
+
+
+def test_tuned_selection_follows_validation_and_mode(tmp_path):
+    from harness.report import tuning
+
+    d = tmp_path / "runs" / "tuned"
+    _build_tuned_sweep(d, val={("otr", 1e-2): 0.8})
+    results, runs = report.collect(d)
+    tun = tuning.read_tuning(d)
+    sel = tuning.select(results[results.split == "val"], runs, tun)
+    assert sel.chosen == {"sft": 1e-3, "otr": 1e-2}
+    tun["select"]["mode"] = "min"
+    assert tuning.select(results[results.split == "val"], runs, tun).chosen == {"sft": 1e-4, "otr": 1e-4}
+    kept, kept_runs = tuning.apply(results[results.split != "val"], runs, sel)
+    assert set(kept["method"]) == {"base", "sft", "otr"}
+    assert sorted(kept_runs["run_id"]) == sorted(
+        ["base", "sft-lr0.001-s0", "sft-lr0.001-s1", "otr-lr0.01-s0", "otr-lr0.01-s1"]
+    )
+
+
+def test_val_rows_are_never_results_in_an_untuned_sweep(tmp_path):
+    d = tmp_path / "runs" / "plain"
+    _make_run(d, "sft-s0", "sft", 0, {"toy_math_id": _scores(0.5, 1), "toy_math_val": _scores(0.9, 2)})
+    paths = report.render(d, tmp_path / "out", n_boot=50)
+    md = paths["md"].read_text()
+    assert "toy_math_val" not in md and "Learning-rate selection" not in md
+    assert set(pd.read_csv(tmp_path / "out" / "results.csv")["task"]) == {"toy_math_id"}
+    assert not (tmp_path / "out" / "selection.csv").exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -187,6 +188,7 @@ EXPECTED_RUNS = {  # trained runs + the base model
     "ablate_beta.yaml": 2 * 9 * 2 + 1,
     "baselines.yaml": 7 * 3 + 1,
     "compute_matched.yaml": 3 * 3 + 1,
+    "lr_tuned.yaml": 4 * 3 * 2 + 1,
 }
 
 
@@ -365,6 +367,11 @@ def _results(out: Path) -> dict[str, dict]:
     return res
 
 
+def _stage_starts_total(out: Path) -> int:
+    """How many stage attempts have started in the sweep directory (the header line of each stage log)."""
+    return sum(log.read_text().count(" started ") for log in out.glob("*/logs/*.log"))
+
+
 def _markers(out: Path) -> dict[str, int]:
     return {str(p.relative_to(out)): p.stat().st_mtime_ns for p in out.glob("*/status/*.done")}
 
@@ -375,18 +382,22 @@ def test_killed_sweep_resumes_to_the_same_results(tmp_path, tiny_toy):
     sweep_file = _write(tmp_path, _tiny_sweep(cfg), "killme.yaml")
     ref_dir, out = tmp_path / "reference", tmp_path / "killed"
 
-    t0 = time.monotonic()
     ref = subprocess.run(_sweep_cmd(sweep_file, ref_dir), env=_env(), capture_output=True, text=True)
     assert ref.returncode == 0, ref.stdout + ref.stderr
-    full_time = time.monotonic() - t0
     expected = _results(ref_dir)
     assert len(expected) == 3  # base, sft, otr
 
-    # Kill the whole process group (the sweep and its stage worker) at seeded random moments of the run.
+    # Kill the whole process group (the sweep and its stage worker) at seeded random moments. A moment is
+    # drawn in terms of progress, not wall time (a shared machine's speed varies too much for that): after
+    # the r-th stage of this attempt has started (r = 0: during start-up), plus a random 0-4 s.
     rng = random.Random(1234)
     seen_markers: dict[str, int] = {}
     kills = 0
     for _ in range(3):
+        before = _stage_starts_total(out)
+        pending = 5 - len(_markers(out))  # base eval, sft train+eval, otr train+eval
+        r = rng.randint(0, max(pending - 1, 0))
+        delay = rng.uniform(0.0, 4.0) + (rng.uniform(0.5, 4.0) if r == 0 else 0.0)
         proc = subprocess.Popen(
             _sweep_cmd(sweep_file, out),
             env=_env(),
@@ -395,11 +406,14 @@ def test_killed_sweep_resumes_to_the_same_results(tmp_path, tiny_toy):
             start_new_session=True,
         )
         try:
-            proc.wait(timeout=rng.uniform(0.1, 0.5) * full_time)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            kills += 1
+            while proc.poll() is None and _stage_starts_total(out) - before < r:
+                time.sleep(0.1)
+            try:
+                proc.wait(timeout=delay)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                kills += 1
         finally:
             if proc.poll() is None:  # pragma: no cover - only if the assertion machinery itself failed
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -407,7 +421,7 @@ def test_killed_sweep_resumes_to_the_same_results(tmp_path, tiny_toy):
         # A stage marked done is never redone: its marker is not rewritten by a later attempt.
         assert {k: v for k, v in markers.items() if k in seen_markers} == seen_markers
         seen_markers = markers
-    assert kills >= 2, "the sweep finished before it could be killed: raise the kill window"
+    assert kills >= 2, "the sweep finished before it could be killed"
 
     final = subprocess.run(_sweep_cmd(sweep_file, out), env=_env(), capture_output=True, text=True)
     assert final.returncode == 0, final.stdout + final.stderr
@@ -432,3 +446,253 @@ def test_killed_sweep_resumes_to_the_same_results(tmp_path, tiny_toy):
     assert leftovers == []
     for f in out.rglob("*.json"):
         json.loads(f.read_text())  # every JSON file is whole
+
+
+# --- parallel local execution -------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("n", "gpus", "expected"),
+    [
+        (1, ["0", "1"], [{}]),  # one slot: the run sees every GPU (multi-GPU training)
+        (2, [], [{}, {}]),  # CPU: plain processes
+        (2, ["0", "1"], [{"CUDA_VISIBLE_DEVICES": "0"}, {"CUDA_VISIBLE_DEVICES": "1"}]),
+        (3, ["4", "7"], [{"CUDA_VISIBLE_DEVICES": g} for g in ("4", "7", "4")]),  # round-robin
+    ],
+)
+def test_device_slots_give_each_parallel_run_its_gpu(n, gpus, expected):
+    from harness.sweep import device_slots
+
+    assert device_slots(n, gpus) == expected
+
+
+@pytest.mark.parametrize(
+    ("env", "gpus"), [("0,1", ["0", "1"]), ("", []), ("-1", []), ("GPU-ab, GPU-cd", ["GPU-ab", "GPU-cd"])]
+)
+def test_visible_gpus_follow_cuda_visible_devices(monkeypatch, env, gpus):
+    from harness.sweep import visible_gpus
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", env)
+    assert visible_gpus() == gpus
+
+
+def test_a_run_held_by_another_process_is_skipped_not_duplicated(tmp_path):
+    """execute_run takes the run's flock: while another process holds it, nothing runs and 'busy' is returned;
+    the lock dies with its holder (here: a SIGKILLed process), so a killed sweep never blocks the next."""
+    from harness.sweep import _freeze, execute_run
+
+    pl = plan(_write(tmp_path, _demo()), tmp_path / "runs")
+    p = pl.runs[0]
+    _freeze(p, "demo")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a'); "
+         "fcntl.flock(f, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(60)", str(p.run.path / "run.lock")],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert execute_run(p.run.path, p.stages) == "busy"
+        assert not (p.run.path / "logs").exists() and p.run.status(p.stages) == "pending"
+    finally:
+        holder.kill()
+        holder.wait()
+    stop = __import__("threading").Event()
+    stop.set()  # lock free again; a set stop event means: start no stage
+    assert execute_run(p.run.path, p.stages, stop=stop) == "stopped"
+
+
+def test_cli_rejects_bad_executor_options_with_exit_2(tmp_path, monkeypatch, capsys):
+    from harness.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["sweep", "run", str(DEMO), "--max-parallel", "0"]) == 2
+    assert "--max-parallel" in capsys.readouterr().err
+    assert main(["sweep", "run", str(DEMO), "--no-wait"]) == 2
+    assert "--no-wait" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def _stage_intervals(out: Path) -> list[tuple[str, str, str, str, str]]:
+    """(run id, stage, start, end, CUDA_VISIBLE_DEVICES) of every stage attempt, from the log headers."""
+    found = []
+    for log in sorted(out.glob("*/logs/*.log")):
+        text = log.read_text()
+        starts = re.findall(r"===== (\w+) started (\S+ \S+)(?: CUDA_VISIBLE_DEVICES=(\S+))? =====", text)
+        ends = re.findall(r"===== (\w+) exited -?\d+ (\S+ \S+) =====", text)
+        for (stage, t0, dev), (_, t1) in zip(starts, ends, strict=False):
+            found.append((log.parents[1].name, stage, t0, t1, dev))
+        assert len(starts) == len(ends), text
+    return found
+
+
+@pytest.mark.slow
+def test_parallel_sweep_runs_each_stage_once_on_its_own_slot(tmp_path, tiny_toy):
+    cfg, _ = tiny_toy
+    sweep_file = _write(tmp_path, _tiny_sweep(cfg), "par.yaml")
+    out = tmp_path / "par"
+    env = {**_env(), "CUDA_VISIBLE_DEVICES": "0,1"}  # two "GPUs": on CPU torch ignores them, the slots do not
+    res = subprocess.run(
+        [*_sweep_cmd(sweep_file, out), "--max-parallel", "2"], env=env, capture_output=True, text=True
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "local executor: 2 runs at once on GPUs 0, 1" in res.stdout
+    assert "3/3" in res.stderr  # the progress bar counted every run once
+
+    intervals = _stage_intervals(out)
+    # Every stage ran exactly once: base eval, and train + eval of sft and otr.
+    assert sorted((r.split("-")[0], s) for r, s, *_ in intervals) == sorted(
+        [("base", "eval"), ("sft", "train"), ("sft", "eval"), ("otr", "train"), ("otr", "eval")]
+    )
+    assert {dev for *_, dev in intervals} == {"0", "1"}
+    # Two runs were in flight at once: some stage started before another run's stage ended.
+    overlapping = [(a, b) for a in intervals for b in intervals if a[0] != b[0] and a[2] <= b[2] < a[3]]
+    assert overlapping, intervals
+    for run_dir in (p for p in out.iterdir() if (p / "config.yaml").exists()):
+        run = RunDir(run_dir)
+        stages = ("eval",) if run_dir.name.startswith("base-") else ("train", "eval")
+        assert all(run.is_done(s) for s in stages), run_dir.name
+        assert (run.eval_dir("toy") / "results.json").exists()
+    again = subprocess.run(
+        [*_sweep_cmd(sweep_file, out), "--max-parallel", "2"], env=env, capture_output=True, text=True
+    )
+    assert again.returncode == 0 and "3 done (skipped), 0 to run" in again.stdout, again.stdout
+    assert len(_stage_intervals(out)) == 5  # nothing ran again
+
+
+# --- learning-rate tuning -----------------------------------------------------------------------------
+def test_lr_tuned_sweep_runs_every_method_at_every_lr_and_seed():
+    specs = expand_sweep(load_sweep_config(SWEEPS / "lr_tuned.yaml"))
+    trained = [s for s in specs if s.config.is_training]
+    groups = {s.tuning_group for s in trained}
+    assert groups == {"sft", "dft", "otr", "otr_exact"} and specs[0].tuning_group is None
+    for g in groups:
+        pts = sorted(
+            (s.config.training["learning_rate"], s.config.seed) for s in trained if s.tuning_group == g
+        )
+        assert pts == [(lr, seed) for lr in (3e-4, 1e-3, 3e-3) for seed in (0, 1)], g
+    assert all("toy" in s.config.eval.suites for s in trained)
+    assert [s.variant for s in trained[:2]] == ["sft-lr0.0003", "sft-lr0.0003"]
+
+
+def test_tuning_group_keeps_other_grid_axes(tmp_path):
+    data = _demo(
+        variants={"otr": {"objective": {"name": "otr", "tau": 1.0}}},
+        grid={"objective.k": [4, 16]},
+        lr_tuning={"learning_rates": [1e-3, 3e-3], "select": {"suite": "toy", "task": "toy_math_val"}},
+        seeds=[0],
+    )
+    specs = _expand(tmp_path, data)[1:]
+    assert [(s.tuning_group, s.variant) for s in specs] == [
+        ("otr-k4", "otr-k4-lr0.001"),
+        ("otr-k4", "otr-k4-lr0.003"),
+        ("otr-k16", "otr-k16-lr0.001"),
+        ("otr-k16", "otr-k16-lr0.003"),
+    ]
+
+
+def test_meta_records_the_tuning_group(tmp_path):
+    from harness.sweep import _freeze
+
+    data = yaml.safe_load((SWEEPS / "lr_tuned.yaml").read_text())
+    pl = plan(_write(tmp_path, data), tmp_path / "runs")
+    p = next(r for r in pl.runs if r.spec.variant == "sft-lr0.0003")
+    _freeze(p, "lr_tuned")
+    assert json.loads((p.run.path / "meta.json").read_text()) == {
+        "variant": "sft-lr0.0003",
+        "sweep": "lr_tuned",
+        "tuning_group": "sft",
+    }
+
+
+_TUNING = {"learning_rates": [1e-3, 3e-3], "select": {"suite": "toy", "task": "toy_math_val"}}
+
+
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        (
+            {"lr_tuning": {**_TUNING, "learning_rates": [1e-3]}},
+            "'lr_tuning.learning_rates': give at least two",
+        ),
+        ({"lr_tuning": {**_TUNING, "learning_rates": [1e-3, -1.0]}}, "'lr_tuning.learning_rates'"),
+        ({"lr_tuning": {**_TUNING, "select": {"suite": "toy"}}}, "'lr_tuning.select.task'"),
+        (
+            {"lr_tuning": {**_TUNING, "select": {"suite": "toy", "task": "toy_math_val", "mode": "best"}}},
+            "'lr_tuning.select.mode'",
+        ),
+        (
+            {"lr_tuning": {**_TUNING, "select": {"suite": "toy", "task": "toy_math_id"}}},
+            "test task (split: id)",
+        ),
+        ({"lr_tuning": {**_TUNING, "select": {"suite": "toy", "task": "nope"}}}, "has no task 'nope'"),
+        ({"lr_tuning": {**_TUNING, "select": {"suite": "nope", "task": "x"}}}, "'lr_tuning.select.suite'"),
+        (
+            {"lr_tuning": {**_TUNING, "select": {**_TUNING["select"], "metric": "acc"}}},
+            "'lr_tuning.select.metric'",
+        ),
+        ({"lr_tuning": _TUNING, "grid": {"training.learning_rate": [1e-3]}}, "'grid.training.learning_rate'"),
+        (
+            {
+                "lr_tuning": _TUNING,
+                "variants": {"sft": {"objective": {"name": "sft"}, "training": {"learning_rate": 1e-3}}},
+            },
+            "'variants.sft.training.learning_rate'",
+        ),
+    ],
+)
+def test_bad_lr_tuning_fails_with_one_line_naming_the_field(tmp_path, change, needle):
+    path = _write(tmp_path, _demo(**change))
+    with pytest.raises(ConfigError) as err:
+        expand_sweep(load_sweep_config(path), str(path))
+    msg = str(err.value)
+    assert "\n" not in msg and str(path) in msg and needle in msg, msg
+
+
+def test_lr_tuning_needs_the_selection_suite_evaluated(tmp_path, monkeypatch):
+    import harness.evaluate as ev
+
+    real = ev.load_suite
+    other = real("toy").model_copy(update={"name": "other"})
+    monkeypatch.setattr(ev, "load_suite", lambda name: other if name == "other" else real(name))
+    data = _demo(lr_tuning={**_TUNING, "select": {"suite": "other", "task": "toy_math_val"}})
+    with pytest.raises(ConfigError, match=r"'variants\.\w+\.eval\.suites'.*suite 'other'"):
+        _expand(tmp_path, data)
+
+
+# --- the issue's malformed sweep files, through the CLI ------------------------------------------------
+@pytest.mark.parametrize(
+    ("mutate", "field"),
+    [
+        (lambda d: d.update(bogus=1), "bogus"),  # unknown key
+        (lambda d: d.update(seeds="zero"), "seeds"),  # wrong type
+        (lambda d: d["base"]["training"].update(max_steps="many"), "base.training.max_steps"),  # wrong type
+        (
+            lambda d: d["variants"]["sft"].update(training={"learning_rate": "1e-3"}),
+            "variants.sft.training.learning_rate",
+        ),
+        (lambda d: d.update(grid={"training.bf16": ["yes"]}), "training.bf16 (swept)"),
+        (lambda d: d["variants"]["otr"]["objective"].update(k=0), "k"),  # K = 0
+        (lambda d: d["variants"]["otr"]["objective"].update(tau=0), "tau"),  # tau <= 0
+        (lambda d: d["variants"]["otr"]["objective"].update(tau=-1.0), "tau"),
+        (lambda d: d["variants"]["otr"]["objective"].update(name="otrr"), "objective"),  # unknown method
+        (lambda d: d.update(grid={"objective.k": []}), "grid"),  # empty grid axis
+        (lambda d: d["base"]["dataset"].pop("path"), "dataset.path"),  # missing dataset field
+        (lambda d: d["base"].pop("dataset"), "dataset"),
+        (lambda d: d["base"]["dataset"].update(path="data/missing.jsonl"), "dataset.path"),  # no such file
+    ],
+)
+def test_malformed_sweep_is_one_line_exit_2_and_nothing_on_disk(tmp_path, monkeypatch, capsys, mutate, field):
+    from harness.cli import main
+
+    data = _demo()
+    mutate(data)
+    src = tmp_path / "src"
+    src.mkdir()
+    path = _write(src, data)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    for cmd in (["sweep", "plan", str(path)], ["sweep", "run", str(path)]):
+        assert main(cmd) == 2, cmd
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1, err
+        assert "field '" in err and field in err and str(path) in err, err
+    assert list(work.iterdir()) == []  # no runs/, no reports/

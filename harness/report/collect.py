@@ -87,6 +87,8 @@ def run_info(run_path: Path, order: int = 0) -> dict[str, Any]:
         for k, v in sorted(training.items()):
             if k != "learning_rate" and isinstance(v, int | float | str | bool):
                 info[f"training_{k}"] = v
+    if meta.get("tuning_group") is not None:  # lr-tuned sweep: the method whose lr this run tries
+        info["tuning_group"] = str(meta["tuning_group"])
     stages = ("eval",) if is_base else ("train", "eval")
     status = run.status(stages)
     failure = next((run.failure(s) for s in stages if run.is_failed(s)), None)

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from harness.report import plots, reference
+from harness.report import plots, reference, tuning
 from harness.report.collect import collect, example_generations, load_metrics, load_samples, load_summaries
 from harness.report.stats import N_BOOT, deltas, main_table, significance, task_order
 from harness.rundir import atomic_write_text
@@ -447,7 +447,17 @@ def render(
     out_dir.mkdir(parents=True, exist_ok=True)
     ref_dir = Path(reference_dir) if reference_dir is not None else reference.default_dir()
     results, runs = collect(sweep_dir)
+    # Validation-split rows (model selection, e.g. the lr) are never results: set apart here.
+    is_val = results["split"].eq("val") if not results.empty else pd.Series(dtype=bool)
+    val, results = (results[is_val], results[~is_val]) if not results.empty else (results, results)
     _write_tables(results, out_dir)
+    _write_csv(val, out_dir / "validation.csv")
+    all_runs = runs
+    lr_tuning = tuning.read_tuning(sweep_dir)
+    selection = tuning.select(val, runs, lr_tuning) if lr_tuning and not runs.empty else None
+    if selection is not None:  # compare each method at its picked lr only
+        results, runs = tuning.apply(results, runs, selection)
+    _write_csv(selection.table if selection is not None else None, out_dir / "selection.csv")
     name = _sweep_name(sweep_dir)
     methods = list(dict.fromkeys(runs["method"])) if not runs.empty else []
     table = main_table(results, methods) if not results.empty else pd.DataFrame()
@@ -479,6 +489,8 @@ def render(
             )
         if base is not None:
             intro += f" Δ base: difference vs the untrained model ('{base}')."
+        if selection is not None:
+            intro += " " + _selection_sentence(selection)
         figures["scores"] = plots.plot_scores(table, out_dir, cmap)
         sections.append(
             _section(
@@ -503,6 +515,8 @@ def render(
                     _t(significance_table(sig, sft)) if not sig.empty else _p("No per-question sample logs."),
                 )
             )
+        if selection is not None:
+            sections.append(_selection_section(selection, val, out_dir, figures))
         matches = reference.match(reference.load(ref_dir), table, runs)
         if matches:
             blocks = [_p("Published / reproduced, in %. Settings differ unless the sweep copies the recipe.")]
@@ -524,7 +538,8 @@ def render(
             title="Score vs beta (squares: beta = 0 at lr0 / (1 − beta))", xlabel="beta", exact="otr_exact", references=refs,
         )  # fmt: skip
         trained = tuple(sorted({o for o in runs["objective"].dropna() if o != "base"}))
-        figures["score_vs_lr"] = plots.plot_axis(
+        # A tuned sweep draws score vs lr on the validation task (in its selection section), not on test.
+        figures["score_vs_lr"] = figures.get("score_vs_lr") if selection is not None else plots.plot_axis(
             results, table, out_dir, axis="learning_rate", objectives=trained, stem="score_vs_lr",
             title="Score vs learning rate, per objective", xlabel="learning rate (log scale)", log=True,
         )  # fmt: skip
@@ -534,7 +549,7 @@ def render(
             _fig(figures, "score_vs_tau", "Score vs tau"),
             _fig(figures, "score_vs_beta", "Score vs beta"),
             _t(pairs, "OTR(β) vs OTR(β = 0) at the learning rate scaled by 1/(1 − β)"),
-            _fig(figures, "score_vs_lr", "Score vs learning rate"),
+            None if selection is not None else _fig(figures, "score_vs_lr", "Score vs learning rate"),
         ]
         if any(blocks):
             sections.append(
@@ -621,7 +636,8 @@ def render(
             )
         )
 
-    # Runs
+    # Runs: every run of the sweep, also the learning rates a tuned method was not picked at
+    runs = all_runs
     not_done = runs[runs["status"] != "done"] if not runs.empty else runs
     blocks = []
     if not not_done.empty:
@@ -662,6 +678,65 @@ def render(
     html = env.get_template("report.html.j2").render(**context, images=images)
     atomic_write_text(out_dir / "report.html", html)
     return {"csv": out_dir / "results.csv", "md": out_dir / "report.md", "html": out_dir / "report.html"}
+
+
+def _write_csv(df: pd.DataFrame | None, path: Path) -> None:
+    """A side table (validation rows, the lr selection); removed when this sweep has none."""
+    if df is None or df.empty:
+        path.unlink(missing_ok=True)
+    else:
+        atomic_write_text(path, df.to_csv(index=False))
+
+
+def _lr(x: float) -> str:
+    return f"{x:g}"
+
+
+def _selection_sentence(sel: tuning.Selection) -> str:
+    picked = ", ".join(f"{g} at lr {_lr(lr)}" for g, lr in sel.chosen.items()) or "none yet"
+    return (
+        f"Each method is shown at its own learning rate, picked on the validation task {sel.suite}/{sel.task} "
+        f"({'highest' if sel.mode == 'max' else 'lowest'} mean over seeds of {sel.metric or 'its primary metric'}; "
+        f"see Learning-rate selection): {picked}. Validation scores are not results and appear only there."
+    )
+
+
+def _selection_section(
+    sel: tuning.Selection, val: pd.DataFrame, out_dir: Path, figures: dict[str, Path | None]
+) -> dict[str, Any]:
+    """The lr grid per method on the validation task, the picked lr bold, and the validation curves."""
+    lrs = sel.learning_rates
+    by = {(r.group, r.learning_rate): r for r in sel.table.itertuples()}
+    rows = []
+    for g in [*sel.chosen, *sel.unselected]:
+        cells = [Cell(g)]
+        for lr in lrs:
+            r = next((v for (gg, x), v in by.items() if gg == g and math.isclose(x, lr, rel_tol=1e-9)), None)
+            cells.append(
+                Cell("–") if r is None else Cell(fmt_score(r.mean, r.std, r.n), bold=bool(r.selected))
+            )
+        cells.append(Cell(_lr(sel.chosen[g]) if g in sel.chosen else "not selected (no validation result)"))
+        rows.append(cells)
+    table = Table(["method", *(f"lr {_lr(x)}" for x in lrs), "picked lr"], rows, id="lr-selection-table")
+    figures["score_vs_lr"] = plots.plot_axis(
+        val, pd.DataFrame(), out_dir, axis="learning_rate",
+        objectives=tuple(sorted({o for o in val["objective"].dropna()})) if not val.empty else (),
+        stem="score_vs_lr", title="Validation score vs learning rate (selection)",
+        xlabel="learning rate (log scale)", log=True,
+    )  # fmt: skip
+    text = (
+        f"Per method, the mean over seeds (± sample std, n seeds) of {sel.metric or 'the primary metric'} on "
+        f"the validation task {sel.suite}/{sel.task} at each learning rate of the grid; the picked one is bold "
+        f"({'highest' if sel.mode == 'max' else 'lowest'} mean; a tie goes to the lr listed first). Every other "
+        "table and figure shows each method at its picked learning rate, on the test tasks only."
+    )
+    return _section(
+        "lr-selection",
+        "Learning-rate selection",
+        _p(text),
+        _t(table),
+        _fig(figures, "score_vs_lr", "Validation score vs learning rate"),
+    )
 
 
 def _fig(figures: dict[str, Path | None], stem: str, title: str) -> dict[str, Any] | None:
