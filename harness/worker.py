@@ -1,4 +1,4 @@
-"""Run one stage of one run: ``python -m harness.worker {train,eval} RUN_DIR``.
+"""Run one stage of one run: ``python -m harness.worker {train,eval} RUN_DIR [--backend hf|vllm]``.
 
 The sweep executes every stage through this entry point, each in a fresh process, so a crash, a leak or
 a hung library in one stage cannot take the sweep (or the next stage) down with it. The worker marks the
@@ -16,23 +16,29 @@ from pathlib import Path
 from harness.rundir import RunDir
 
 
-def run_stage(stage: str, run_dir: str | Path) -> None:
+def run_stage(stage: str, run_dir: str | Path, backend: str | None = None) -> None:
+    """Run ``stage`` of the run in ``run_dir``. ``backend``: the evaluation backend the launcher resolved
+    (``harness.launch.eval_command``); None resolves ``eval.backend`` here."""
     run = RunDir(run_dir)
     cfg = run.read_config()
     if stage == "train":
         from harness.train import train
 
         summary = train(cfg, run)
-        run.mark_done("train", summary)
+        if summary is not None:  # None on the non-main processes of a multi-process run
+            run.mark_done("train", summary)
     elif stage == "eval":
-        from harness.evaluate import evaluate, load_suite
+        from harness.evaluate import evaluate_suites, load_suite
         from harness.toy import resolve
 
         model = str(run.final_model) if cfg.is_training else resolve(cfg.model, cfg.toy)
-        for name in cfg.eval.suites:
-            if (run.eval_dir(name) / "results.json").exists():
-                continue  # this suite finished in an earlier attempt
-            evaluate(model, load_suite(name), run.eval_dir(name), cfg.eval, cfg.toy)
+        # Results go to eval/<suite name> (a suite may be given as a file path). Suites finished in an
+        # earlier attempt are kept; the rest share one model load.
+        suites = [load_suite(n) for n in cfg.eval.suites]
+        pending = [s for s in suites if not (run.eval_dir(s.name) / "results.json").exists()]
+        if pending:
+            out_dirs = [run.eval_dir(s.name) for s in pending]
+            evaluate_suites(model, pending, out_dirs, cfg.eval, cfg.toy, backend)
         run.mark_done("eval")
     else:
         raise ValueError(f"unknown stage '{stage}' (valid: train, eval)")
@@ -40,13 +46,16 @@ def run_stage(stage: str, run_dir: str | Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    backend = None
+    if len(argv) == 4 and argv[2] == "--backend":
+        backend, argv = argv[3], argv[:2]
     if len(argv) != 2:
-        print("usage: python -m harness.worker {train,eval} RUN_DIR", file=sys.stderr)
+        print("usage: python -m harness.worker {train,eval} RUN_DIR [--backend hf|vllm]", file=sys.stderr)
         return 2
     stage, run_dir = argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        run_stage(stage, run_dir)
+        run_stage(stage, run_dir, backend)
     except BaseException:
         RunDir(run_dir).mark_failed(stage, traceback.format_exc())
         traceback.print_exc()
