@@ -16,6 +16,18 @@ Contract of a tokenized example: ``input_ids`` (prompt + response + EOS, truncat
 ``labels`` of the same length, equal to ``input_ids`` on response tokens and -100 on prompt tokens —
 the Hugging Face convention (unshifted; a causal LM predicts ``labels[t+1]`` from position ``t``).
 The collator adds ``shift_labels`` (labels aligned with the logits) for the objectives.
+
+Validation happens here, before any model is loaded: a missing field, a null or empty response, a
+conversation without an assistant turn and an empty dataset are ``ConfigError``s naming the field and the
+example index.
+
+Packing (``packing: true``) is padding-free: ``PackingCollator`` concatenates a micro-batch into one row
+with ``position_ids`` restarting at 0 for every example and no attention mask (transformers'
+``DataCollatorWithFlattening``). Models built on transformers' mask utilities (Llama, Qwen2/3, Gemma, ...)
+derive a block-diagonal causal mask from those position ids, so attention never crosses examples, and
+every per-token objective sees exactly the tokens and targets it would see unpacked. The first token of
+each example carries no target from the previous one. ``loss_normalization: sequences`` is refused with
+packing (it needs per-example rows).
 """
 
 from __future__ import annotations
@@ -25,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import DataCollatorWithFlattening
 
 from harness.config import LOCAL_DATA_SUFFIXES, ConfigError, DatasetConfig
 
@@ -101,9 +114,21 @@ def render(example: dict[str, Any], cfg: DatasetConfig, tokenizer, index: int) -
     for field, key in ((cfg.prompt_field, "prompt_field"), (cfg.response_field, "response_field")):
         if field not in example:
             raise _missing(field, key, example, index)
+    # Arrow fills a field missing from some rows with None: that is a missing value, not the text "None".
+    if example[cfg.prompt_field] is None:
+        raise ConfigError(
+            f"dataset.prompt_field: example {index} has no value for '{cfg.prompt_field}' (null)"
+        )
+    if example[cfg.response_field] is None:
+        raise ConfigError(
+            f"dataset.response_field: example {index} has no value for '{cfg.response_field}' (null)"
+        )
+    if not str(example[cfg.response_field]).strip():
+        raise ConfigError(
+            f"dataset.response_field: example {index} has an empty '{cfg.response_field}' "
+            "(nothing to train on; drop the example)"
+        )
     prompt, response = str(example[cfg.prompt_field]), str(example[cfg.response_field])
-    if not response.strip():
-        raise ConfigError(f"dataset.response_field: example {index} has an empty '{cfg.response_field}'")
     if cfg.template == "chat":
         prompt_text = tokenizer.apply_chat_template(
             [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
@@ -175,6 +200,29 @@ def build_dataset(cfg: DatasetConfig, path: str, tokenizer, stats: dict[str, Any
     if stats is not None:
         stats.update(num_examples=len(ds), num_truncated=n_trunc, num_no_response=n_empty)
     return ds.remove_columns("truncated")
+
+
+class PackingCollator:
+    """Padding-free packing: one row per micro-batch, ``position_ids`` restarting per example, no padding.
+
+    ``shift_labels[0, t]`` is the target of position ``t``; the last token of each example has none (the
+    collator puts -100 at every example's first label, so nothing predicts across a boundary).
+    """
+
+    def __init__(self) -> None:
+        self._flatten = DataCollatorWithFlattening(return_position_ids=True, separator_id=IGNORE_INDEX)
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        batch = self._flatten([{"input_ids": f["input_ids"], "labels": f["labels"]} for f in features])
+        labels = batch["labels"]
+        shift_labels = torch.full_like(labels, IGNORE_INDEX)
+        shift_labels[:, :-1] = labels[:, 1:]
+        return {
+            "input_ids": batch["input_ids"],
+            "position_ids": batch["position_ids"],
+            "labels": labels,
+            "shift_labels": shift_labels,
+        }
 
 
 class Collator:

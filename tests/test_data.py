@@ -135,12 +135,80 @@ def test_messages_field_rejects_an_explicit_plain_template(tmp_path):
 
 
 def test_new_fields_at_their_defaults_keep_run_ids(tmp_path):
-    """Adding loss_normalization / messages_field / chat_template must not rename existing runs."""
+    """Adding loss_normalization / messages_field / chat_template / packing / lora / launcher / model_dtype /
+    attn_implementation must not rename existing runs."""
     path = write_jsonl(tmp_path / "pr.jsonl", [{"prompt": "p", "response": "r"}])
     cfg = parse_run_config({"model": "m", "dataset": {"path": path}, "objective": {"name": "sft"}})
-    old = cfg.model_dump(mode="json")
-    del old["loss_normalization"], old["dataset"]["messages_field"], old["dataset"]["chat_template"]
+    # The resolved config as the first release dumped (and hashed) it, written out literally.
+    old = {
+        "model": "m",
+        "dataset": {
+            "path": path, "name": None, "split": "train", "prompt_field": "prompt", "response_field": "response",
+            "template": "plain", "prompt_format": "{prompt}", "response_format": " {response}",
+            "max_length": 512, "max_examples": None,
+        },
+        "objective": {"name": "sft"},
+        "training": {},
+        "seed": 0,
+        "eval": {"suites": ["toy"], "backend": "hf", "limit": None, "batch_size": 32, "dtype": "float32",
+                 "device": "auto"},
+        "toy": None,
+    }  # fmt: skip
     blob = json.dumps(old, sort_keys=True, separators=(",", ":"))
     assert cfg.config_hash() == hashlib.sha256(blob.encode()).hexdigest()[:10]
     changed = cfg.model_copy(update={"loss_normalization": "sequences"})
     assert changed.config_hash() != cfg.config_hash()
+    lora = parse_run_config({**cfg.model_dump(mode="json"), "lora": {"r": 4}})
+    assert lora.config_hash() != cfg.config_hash()
+
+
+def test_packing_keeps_examples_apart(tmp_path, tok, tiny_toy):
+    """A packed row: position ids restart per example, nothing predicts across a boundary, and the model's
+    logits on each example equal its logits alone (attention does not cross examples)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from harness.data import Collator, PackingCollator
+
+    rows = [{"q": "1 + 2?", "a": "3"}, {"q": "20 + 22?", "a": "42 and more words"}, {"q": "7?", "a": "7"}]
+    path = write_jsonl(tmp_path / "pr.jsonl", rows)
+    ds = build_dataset(DatasetConfig(path=path, prompt_field="q", response_field="a"), path, tok)
+    examples = [ds[i] for i in range(len(ds))]
+    packed = PackingCollator()(examples)
+    padded = Collator(tok.pad_token_id)(examples)
+    lengths = [len(e["input_ids"]) for e in examples]
+    assert packed["input_ids"].shape == (1, sum(lengths)) and "attention_mask" not in packed
+    assert packed["position_ids"][0].tolist() == [i for n in lengths for i in range(n)]
+    # The same targets in the same order as the padded batch: the last token of each example predicts nothing.
+    targets = padded["shift_labels"][padded["shift_labels"] != IGNORE_INDEX]
+    assert torch.equal(packed["shift_labels"][packed["shift_labels"] != IGNORE_INDEX], targets)
+    ends = torch.tensor(lengths).cumsum(0) - 1
+    assert (packed["shift_labels"][0, ends] == IGNORE_INDEX).all()
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_toy[1].base_model)
+    with torch.no_grad():
+        # use_cache=False as in training: with a KV cache transformers ignores packed boundaries.
+        logits = model(
+            input_ids=packed["input_ids"], position_ids=packed["position_ids"], use_cache=False
+        ).logits[0]
+        start = 0
+        for e, n in zip(examples, lengths, strict=True):
+            alone = model(input_ids=torch.tensor([e["input_ids"]])).logits[0]
+            torch.testing.assert_close(logits[start : start + n], alone, rtol=1e-4, atol=1e-5)
+            start += n
+
+
+@pytest.mark.parametrize("suffix", [".json", ".parquet", ".csv"])
+def test_local_json_parquet_csv_give_the_same_examples_as_jsonl(tmp_path, tok, suffix):
+    import pandas as pd
+
+    rows = [{"problem": f"{a} + {a}?", "solution": f"{2 * a}"} for a in range(5)]
+    ref_path = write_jsonl(tmp_path / "ref.jsonl", rows)
+    path = tmp_path / f"data{suffix}"
+    frame = pd.DataFrame(rows)
+    {".json": lambda: frame.to_json(path, orient="records"), ".parquet": lambda: frame.to_parquet(path),
+     ".csv": lambda: frame.to_csv(path, index=False)}[suffix]()  # fmt: skip
+    fields = {"prompt_field": "problem", "response_field": "solution"}
+    ref = build_dataset(DatasetConfig(path=ref_path, **fields), ref_path, tok)
+    got = build_dataset(DatasetConfig(path=str(path), **fields), str(path), tok)
+    assert got["input_ids"] == ref["input_ids"] and got["labels"] == ref["labels"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import shutil
 
 import pytest
@@ -141,47 +140,6 @@ def test_same_seed_same_otr_losses(tmp_path, tiny_toy):
 
 
 # ------------------------------------------------------------------------------------------------------
-# Local JSONL data (prompt/response and chat messages): only response tokens (+ EOS) carry loss
-# ------------------------------------------------------------------------------------------------------
-_QA = [(f"What is {a} + {b}?", f"{a} + {b} = {a + b}\n" * (1 + a % 3) + f"#### {a + b}") for a, b in
-       [(1, 2), (3, 4), (5, 6), (7, 8), (9, 10), (11, 12), (13, 14), (15, 16)]]  # fmt: skip
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("kind", ["prompt_response", "messages"])
-def test_train_from_local_jsonl_counts_only_response_tokens(tmp_path, tiny_toy, kind):
-    from tests.test_data import CHAT_TEMPLATE, write_jsonl
-
-    cfg, world = tiny_toy
-    tok = AutoTokenizer.from_pretrained(world.base_model)
-    if kind == "messages":
-        rows = [
-            {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
-            for q, a in _QA
-        ]
-        dataset = {"messages_field": "messages", "chat_template": CHAT_TEMPLATE}
-        responses = [a for _, a in _QA]
-    else:
-        rows = [{"question": q, "answer": a} for q, a in _QA]
-        dataset = {"prompt_field": "question", "response_field": "answer"}
-        responses = [" " + a for _, a in _QA]  # the default response_format is " {response}"
-    path = write_jsonl(tmp_path / f"{kind}.jsonl", rows)
-    d = _cfg(cfg, {"name": "sft"}, per_device_train_batch_size=4, max_steps=2)
-    d["dataset"] = {"path": path, **dataset}
-    summary, metrics, _ = _train(tmp_path, kind, d)
-    # Two steps of 4 = one pass over the 8 examples: the logged count is every response token + one EOS each.
-    expected = sum(len(tok(r, add_special_tokens=False)["input_ids"]) + 1 for r in responses)
-    assert [m["step"] for m in metrics] == [1, 2]
-    assert metrics[-1]["tokens"] == summary["response_tokens"] == expected
-    assert summary["num_examples"] == 8 and summary["num_truncated"] == 0
-    assert all(math.isfinite(m["loss"]) for m in metrics)
-    if kind == "messages":  # the chat template travels with the fine-tuned model
-        assert (
-            AutoTokenizer.from_pretrained(tmp_path / kind / "train" / "final").chat_template == CHAT_TEMPLATE
-        )
-
-
-# ------------------------------------------------------------------------------------------------------
 # Checkpoints: keep-last-N, and a resumed run continues exactly like an uninterrupted one
 # ------------------------------------------------------------------------------------------------------
 @pytest.mark.slow
@@ -213,12 +171,17 @@ def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path, tiny_toy, ca
     # that they are kept, i.e. that the run resumed instead of starting over.
     shutil.rmtree(run.train_dir / "checkpoint-6")
     shutil.rmtree(run.final_model)
+    # ... and a checkpoint-8 torn by the kill mid-save (no counters file): skipped and removed on resume.
+    torn = run.train_dir / "checkpoint-8"
+    shutil.copytree(run.train_dir / "checkpoint-4", torn)
+    (torn / "harness_counters.json").unlink()
     run.summary_file.unlink()
     run.metrics_file.write_text("".join(json.dumps({**m, "kept": m["step"] <= 4}) + "\n" for m in full))
 
     caplog.set_level(logging.INFO, logger="harness.train")
     summary = train(parse_run_config(d), run)
-    assert "checkpoint-4" in caplog.text
+    assert "resuming from " + str(run.train_dir / "checkpoint-4") in caplog.text
+    assert "removing incomplete checkpoint" in caplog.text and not torn.exists()
     resumed = [json.loads(line) for line in run.metrics_file.read_text().splitlines()]
     assert [m["step"] for m in resumed] == [1, 2, 3, 4, 5, 6]
     assert [m.get("kept") for m in resumed] == [True] * 4 + [None] * 2
@@ -256,3 +219,66 @@ def test_sequence_normalisation_is_accumulation_invariant_and_differs_from_token
     assert any(
         not torch.allclose(p, q) for p, q in zip(big.parameters(), tok_model.parameters(), strict=True)
     )
+
+
+@pytest.mark.slow
+def test_sigkill_after_a_checkpoint_then_resume_gives_the_uninterrupted_losses(tmp_path, tiny_toy, caplog):
+    """A real kill: the training stage's process group gets SIGKILL right after a checkpoint completed."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from harness.launch import stage_command
+
+    cfg, _ = tiny_toy
+    d = _cfg(
+        cfg,
+        {"name": "otr", "k": 4, "tau": 1.2, "beta": -0.1},
+        max_steps=8,
+        per_device_train_batch_size=4,
+        optim="adamw_torch",
+        learning_rate=1e-3,
+        warmup_steps=3,
+        lr_scheduler_type="cosine",
+        save_strategy="steps",
+        save_steps=2,
+        save_total_limit=2,
+    )
+    run_cfg = parse_run_config(d)
+    ref = RunDir(tmp_path / "ref")
+    train(run_cfg, ref)
+    full = [json.loads(line) for line in ref.metrics_file.read_text().splitlines()]
+
+    run = RunDir(tmp_path / "killed")
+    run.write_config(run_cfg)
+    proc = subprocess.Popen(
+        stage_command("train", run.path, run_cfg),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while not (run.train_dir / "checkpoint-4" / "harness_counters.json").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint-4 before exit/timeout"
+            time.sleep(0.02)
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not run.is_done("train") and not run.final_model.exists()  # killed mid-run
+
+    caplog.set_level(logging.INFO, logger="harness.train")
+    train(run_cfg, run)
+    assert "resuming from " + str(run.train_dir / "checkpoint-") in caplog.text
+    resumed = [json.loads(line) for line in run.metrics_file.read_text().splitlines()]
+    assert [m["step"] for m in resumed] == list(range(1, 9))
+    for a, b in zip(full, resumed, strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5), b["step"]
+        assert (b["tokens"], b["sampled_tokens"]) == (a["tokens"], a["sampled_tokens"]), b["step"]
+    want = AutoModelForCausalLM.from_pretrained(ref.final_model)
+    got = AutoModelForCausalLM.from_pretrained(run.final_model)
+    for (name, p), q in zip(want.named_parameters(), got.parameters(), strict=True):
+        torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-6, msg=name)
