@@ -12,6 +12,8 @@ from harness.config import ConfigError
 EPILOG = """examples:
   otr-harness sweep plan sweeps/demo.yaml      # what would run, and what is already done
   otr-harness sweep run sweeps/demo.yaml       # train + evaluate every pending run, then report
+  otr-harness sweep run FILE --max-parallel 4  # 4 runs at once (one per GPU when there are GPUs)
+  otr-harness sweep run FILE --executor slurm  # one SLURM array task per run (resources: slurm: block)
   otr-harness sweep status runs/demo           # done / pending / failed per run
   otr-harness report runs/demo                 # results.csv, report.md, report.html
   otr-harness report runs/a --compare runs/b   # ... with sweep b's numbers beside a's
@@ -33,8 +35,14 @@ def _cmd_sweep_plan(args: argparse.Namespace) -> int:
 def _cmd_sweep_run(args: argparse.Namespace) -> int:
     from harness import sweep
 
-    code = sweep.run(args.file, args.out)
-    if args.report:
+    code = sweep.run(
+        args.file,
+        args.out,
+        executor=args.executor,
+        max_parallel=args.max_parallel,
+        wait_for_jobs=args.wait,
+    )
+    if args.report and args.wait:
         pl = sweep.plan(args.file, args.out)
         code_r = _report(pl.out_dir, Path(args.report_dir) if args.report_dir else None)
         code = code or code_r
@@ -45,7 +53,14 @@ def _cmd_sweep_status(args: argparse.Namespace) -> int:
     from harness import sweep
 
     pl = sweep.load_plan_from_dir(args.dir)
-    print(sweep.format_table(sweep.status_rows(pl)))
+    rows = sweep.status_rows(pl)
+    from harness import slurm
+
+    queued = slurm.queue_states(pl)  # runs whose SLURM task is still queued or running
+    for row in rows:
+        if row["status"] != "done" and row["run"] in queued:
+            row["status"] = queued[row["run"]]
+    print(sweep.format_table(rows))
     print(", ".join(f"{n} {s}" for s, n in sorted(pl.counts().items())))
     return 0
 
@@ -82,35 +97,89 @@ def _cmd_train(args: argparse.Namespace) -> int:
         )
     run = RunDir(args.out)
     run.write_config(cfg)
-    run_stage("train", run.path)
+    if cfg.launcher is None:
+        run_stage("train", run.path)
+    else:  # several processes: `accelerate launch` runs the worker in each (see harness/launch.py)
+        import subprocess
+
+        from harness.launch import train_command
+
+        code = subprocess.run(train_command(run.path, cfg)).returncode
+        if code != 0 or not run.is_done("train"):
+            print(f"error: training failed (exit code {code}); see {run.path / 'status'}", file=sys.stderr)
+            return code or 1
     print(f"model: {run.final_model}")
     return 0
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
     from harness.config import EvalConfig
-    from harness.evaluate import evaluate, load_suite
+    from harness.evaluate import (
+        _check_unsafe,
+        adhoc_suite,
+        backend_python,
+        load_suite,
+        resolve_backend,
+        run_in_subprocess,
+    )
     from harness.rundir import RunDir
     from harness.toy import ToyConfig, resolve
 
     target = Path(args.model)
-    toy = ToyConfig()
-    if (target / "config.yaml").exists():  # a run directory: its final model, its toy world
+    toy = ToyConfig.preset(args.toy_preset)
+    base_eval = EvalConfig()
+    if (target / "config.yaml").exists():  # a run directory: its final model, toy world and eval settings
         run = RunDir(target)
         cfg = run.read_config()
         toy = cfg.toy or toy
-        model = str(run.final_model) if cfg.is_training else resolve(cfg.model, toy)
-        out_root = run.path / "eval"
+        base_eval = cfg.eval
+        model_ref = str(run.final_model) if cfg.is_training else cfg.model
+        out_root = Path(args.out) if args.out else run.path / "eval"
     else:
-        model = resolve(args.model, toy)
+        model_ref = args.model
         out_root = Path(args.out or "eval_results")
-    cfg_eval = EvalConfig(limit=args.limit, batch_size=args.batch_size)
-    for suite_name in args.suite:
-        res = evaluate(model, load_suite(suite_name), out_root / suite_name, cfg_eval, toy)
-        for task, r in res["tasks"].items():
-            err = f" ± {r['stderr']:.4f}" if r["stderr"] is not None else ""
-            print(f"{suite_name}/{task}: {r['metric']} = {r['value']:.4f}{err} (n={r['n']})")
-    return 0
+    overrides = {
+        "limit": args.limit,
+        "batch_size": args.batch_size,
+        "backend": args.backend,
+        "allow_unsafe_code": True if args.allow_unsafe_code else None,
+        "cache": False if args.no_cache else None,
+    }
+    try:
+        cfg_eval = EvalConfig.model_validate(
+            {**base_eval.model_dump(), **{k: v for k, v in overrides.items() if v is not None}}
+        )
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise ConfigError(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}") from None
+    if args.include_path and not args.tasks:
+        raise ConfigError("--include-path: give the tasks to evaluate from it with --tasks a,b")
+    if args.include_path and not Path(args.include_path).is_dir():
+        raise ConfigError(f"--include-path: not a directory: {args.include_path}")
+    if model_ref.startswith(("/", ".", "~")) and not Path(model_ref).expanduser().exists():
+        raise ConfigError(
+            f"{model_ref}: no such model directory (give a checkpoint, run directory or Hub name)"
+        )
+    suites = [load_suite(n) for n in (args.suite or ([] if args.tasks else base_eval.suites))]
+    if args.tasks:
+        names = [t.strip() for t in args.tasks.split(",") if t.strip()]
+        suites.append(adhoc_suite(names, args.include_path, args.metric))
+    _check_unsafe(suites, cfg_eval)  # fail fast, before starting the evaluation process
+    backend = resolve_backend(cfg_eval.backend)
+    backend_python(backend)  # a missing vLLM venv is reported here, with how to create it
+    model = resolve(model_ref, toy)  # only now: may build the toy world (minutes the first time)
+    request = {
+        "model": model,
+        "suites": [s.model_dump(exclude_unset=True) for s in suites],  # unset = inherit
+        "out_dirs": [str((out_root / s.name).resolve()) for s in suites],
+        "eval": cfg_eval.model_dump(mode="json"),
+        "toy": toy.model_dump(mode="json"),
+        "backend": backend,
+    }
+    # Its own process (vLLM holds its memory until exit; the vllm backend needs its own venv) and log.
+    return run_in_subprocess(request, out_root / "logs" / "eval.log", backend)
 
 
 def _cmd_toy_build(args: argparse.Namespace) -> int:
@@ -143,6 +212,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="sweep YAML, e.g. sweeps/demo.yaml")
     p.add_argument("--out", help="sweep directory (default: output_dir of the file, or runs/<name>)")
     p.add_argument(
+        "--executor",
+        choices=["local", "slurm"],
+        default="local",
+        help="local: this machine (default); slurm: one SLURM array task per run via submitit, resources "
+        "from the file's slurm: block",
+    )
+    p.add_argument(
+        "--max-parallel",
+        type=int,
+        metavar="N",
+        help="runs at once (local: default 1, with GPUs one per GPU via CUDA_VISIBLE_DEVICES; slurm: caps "
+        "the array's running tasks)",
+    )
+    p.add_argument(
+        "--no-wait",
+        dest="wait",
+        action="store_false",
+        help="slurm: return once the array is submitted (no report); `sweep status DIR` follows it",
+    )
+    p.add_argument(
         "--no-report", dest="report", action="store_false", help="do not write the report afterwards"
     )
     p.add_argument("--report-dir", help="where the report goes (default: reports/<sweep dir name>)")
@@ -157,7 +246,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare", metavar="DIR2", help="a second sweep directory to show beside the first")
     p.set_defaults(func=_cmd_report)
 
-    p = sub.add_parser("train", help="run one training from a run config YAML")
+    p = sub.add_parser(
+        "train",
+        help="run one training from a run config YAML (under `accelerate launch` if it has a launcher: block)",
+    )
     p.add_argument("config", help="run config YAML (model, dataset, objective, training, ...)")
     p.add_argument("--out", required=True, help="run directory to write")
     p.set_defaults(func=_cmd_train)
@@ -168,11 +260,37 @@ def build_parser() -> argparse.ArgumentParser:
         "--suite",
         action="append",
         default=None,
-        help="suite name under evaluation/suites (repeatable; default: toy)",
+        help="suite name under evaluation/suites or a suite file (repeatable; default: the run's "
+        "eval.suites, else toy)",
+    )
+    p.add_argument(
+        "--tasks",
+        help="comma-separated lm-eval task or group names to evaluate as suite 'tasks' (any lm-eval task; "
+        "with --include-path, your own task YAMLs)",
+    )
+    p.add_argument("--include-path", help="directory of extra lm-eval task YAMLs for --tasks")
+    p.add_argument("--metric", help="primary metric of the --tasks (default: the first lm-eval reports)")
+    p.add_argument(
+        "--backend",
+        choices=["auto", "hf", "vllm"],
+        help="auto: vllm on a GPU with a vLLM venv, else hf; vllm needs `make vllm` (default: the run's "
+        "eval.backend, else auto)",
+    )
+    p.add_argument(
+        "--allow-unsafe-code",
+        action="store_true",
+        help="allow tasks that execute model-generated code (lm-eval's confirm_run_unsafe_code)",
     )
     p.add_argument("--limit", type=int, help="documents per task (default: all)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--out", help="output directory when MODEL is not a run directory (default: eval_results)")
+    p.add_argument("--batch-size", type=int, help="batch size (default: the run's, else 32)")
+    p.add_argument("--no-cache", action="store_true", help="re-evaluate even if the result is cached")
+    p.add_argument(
+        "--toy-preset", default="demo", help="toy world of the @toy suites when MODEL is not a run directory"
+    )
+    p.add_argument(
+        "--out",
+        help="output root, one directory per suite (default: RUN/eval for a run directory, else eval_results)",
+    )
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("toy", help="the toy world").add_subparsers(dest="action", required=True)
@@ -184,8 +302,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "suite", "unset") is None:
-        args.suite = ["toy"]
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )

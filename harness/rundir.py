@@ -6,9 +6,12 @@
         config.yaml                  resolved, frozen RunConfig
         env.json                     git SHA, package versions, hardware
         logs/<stage>.log             stdout+stderr of each stage
+        logs/slurm.json              slurm executor only: the array task that ran it, where its logs are
+        run.lock                     flock held while a process executes the run (released on any exit)
         train/metrics.jsonl          one JSON line per logging step
         train/summary.json           compute accounting (wall time, tokens, peak memory)
         train/final/                 the fine-tuned model + tokenizer (HF format)
+        train/adapter/               LoRA runs only: the adapter alone (train/final/ has it merged in)
         eval/<suite>/results.json    metric, stderr, n per task (+ the settings used)
         eval/<suite>/samples_<task>.jsonl   per-document logs
         status/<stage>.done | <stage>.failed (the failure's traceback)
