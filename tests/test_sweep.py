@@ -236,6 +236,7 @@ def _check_paper_recipe(specs):
         }
         assert {k: args.get(k) for k in expected} == expected
         assert cfg.dataset.max_length == 2048 and cfg.dataset.max_examples == 100_000
+        assert cfg.eval.suites == ["paper"] and cfg.eval.allow_unsafe_code  # its code tasks execute
         assert cfg.dataset.path in {"open-r1/OpenR1-Math-220k", "AI-MO/NuminaMath-CoT"}
         assert (cfg.dataset.prompt_field, cfg.dataset.response_field) == ("problem", "solution")
         assert cfg.model in {
