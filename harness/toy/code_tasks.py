@@ -17,6 +17,7 @@ import random
 from collections.abc import Iterator
 
 from .config import PROMPT
+from .sampling import distinct, endless
 
 MAX_VALUE = 99
 # statements per program / arithmetic steps per function, by split
@@ -145,28 +146,13 @@ def generate(
     if split not in steps:
         raise ValueError(f"unknown {dataset} split {split!r}; valid: {sorted(steps)}")
     rng = random.Random(f"toy-{dataset}/{seed}/{split}")
-    seen: set[str] = set()
-    out: list[dict] = []
-    for _ in range(n * 50):
-        if len(out) == n:
-            break
-        item = SAMPLERS[dataset](rng, split)
-        if item["question"] in seen or item["question"] in exclude:
-            continue
-        seen.add(item["question"])
-        out.append(item)
-    if len(out) < n:
-        raise RuntimeError(f"{dataset}/{split}: only {len(out)} distinct items of {n} requested")
-    return out
+    return distinct(lambda: SAMPLERS[dataset](rng, split), n, exclude, f"{dataset}/{split}")
 
 
 def iter_pretrain(dataset: str, seed: int, exclude: set[str]) -> Iterator[dict]:
     """Endless stream of pre-training items of ``dataset`` (repeats allowed), none in ``exclude``."""
     rng = random.Random(f"toy-{dataset}/{seed}/pretrain")
-    while True:
-        item = SAMPLERS[dataset](rng, "pretrain")
-        if item["question"] not in exclude:
-            yield item
+    return endless(lambda: SAMPLERS[dataset](rng, "pretrain"), exclude)
 
 
 def document(dataset: str, item: dict, rng: random.Random) -> str:

@@ -22,6 +22,8 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from .sampling import distinct, endless
+
 MAX_VALUE = 99  # every operand, intermediate and final result lies in 0..MAX_VALUE
 
 NAMES = [
@@ -284,28 +286,13 @@ def generate(split: str, n: int, seed: int, exclude: set[str] | frozenset[str] =
     if split not in STEPS:
         raise ValueError(f"unknown math split {split!r}; valid: {sorted(STEPS)}")
     rng = random.Random(f"toy-math/{seed}/{split}")
-    seen: set[str] = set()
-    out: list[dict] = []
-    for _ in range(n * 50):
-        if len(out) == n:
-            break
-        prob = sample_problem(rng, split)
-        if prob.question in seen or prob.question in exclude:
-            continue
-        seen.add(prob.question)
-        out.append(prob.to_json())
-    if len(out) < n:
-        raise RuntimeError(f"math/{split}: only {len(out)} distinct problems of {n} requested")
-    return out
+    return distinct(lambda: sample_problem(rng, split).to_json(), n, exclude, f"math/{split}")
 
 
 def iter_pretrain_problems(seed: int, exclude: set[str]) -> Iterator[dict]:
     """Endless stream of pre-training problems (1-3 steps), none whose question is in ``exclude``."""
     rng = random.Random(f"toy-math/{seed}/pretrain")
-    while True:
-        prob = sample_problem(rng, "pretrain")
-        if prob.question not in exclude:
-            yield prob.to_json()
+    return endless(lambda: sample_problem(rng, "pretrain").to_json(), exclude)
 
 
 # -------------------------------------------------------------------------- independent checking

@@ -18,6 +18,7 @@ import random
 from collections.abc import Iterator
 
 from .config import PROMPT
+from .sampling import distinct, endless
 
 KB = {
     "bird": ["robin", "sparrow", "eagle", "owl", "crow", "parrot", "swan", "duck"],
@@ -153,27 +154,12 @@ def generate(
     if split not in LOGIC_OPS:
         raise ValueError(f"unknown {dataset} split {split!r}; valid: {sorted(LOGIC_OPS)}")
     rng = random.Random(f"toy-{dataset}/{seed}/{split}")
-    seen: set[str] = set()
-    out: list[dict] = []
-    for _ in range(n * 50):
-        if len(out) == n:
-            break
-        item = SAMPLERS[dataset](rng, split)
-        if item["question"] in seen or item["question"] in exclude:
-            continue
-        seen.add(item["question"])
-        out.append(item)
-    if len(out) < n:
-        raise RuntimeError(f"{dataset}/{split}: only {len(out)} distinct items of {n} requested")
-    return out
+    return distinct(lambda: SAMPLERS[dataset](rng, split), n, exclude, f"{dataset}/{split}")
 
 
 def iter_pretrain(dataset: str, seed: int, exclude: set[str]) -> Iterator[dict]:
     rng = random.Random(f"toy-{dataset}/{seed}/pretrain")
-    while True:
-        item = SAMPLERS[dataset](rng, "pretrain")
-        if item["question"] not in exclude:
-            yield item
+    return endless(lambda: SAMPLERS[dataset](rng, "pretrain"), exclude)
 
 
 def document(dataset: str, item: dict, rng: random.Random) -> str:
