@@ -258,6 +258,21 @@ def test_seed_statistics_std_and_n(tmp_path):
     assert rows[1][1] == "**75.0 (n=1)**"  # one seed: no std; best mean in its column: bold
 
 
+def test_runs_outside_the_current_plan_are_left_out(tmp_path):
+    """A run directory from an earlier version of the sweep (another config hash, e.g. an older toy
+    world) must not be averaged with the current runs; it is named in the Runs section instead."""
+    d = tmp_path / "runs" / "s"
+    _make_run(d, "sft-s0-new", "sft", 0, {"toy_math_id": [1, 1, 0, 0]})
+    _make_run(d, "sft-s0-old", "sft", 0, {"toy_math_id": [0, 0, 0, 0]})
+    atomic_write_json(d / "plan.json", {"sweep": "s", "runs": ["sft-s0-new"]})
+    results, runs = report.collect(d)
+    assert list(runs.run_id) == ["sft-s0-new"] and set(results.run_id) == {"sft-s0-new"}
+    assert report.main_table(results, ["sft"]).iloc[0]["mean"] == pytest.approx(0.5)
+    report.render(d, tmp_path / "out")
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "Left out: 1 run directory" in md and "sft-s0-old" in md
+
+
 # --------------------------------------------------------------------------------- significance
 def _hand_bootstrap(m: list[float], s: list[float], n_boot: int, seed: int) -> tuple[float, float, float]:
     """The documented procedure, written out with plain Python arithmetic (only the draws use numpy)."""

@@ -109,10 +109,25 @@ def _planned_order(sweep_dir: Path) -> dict[str, int]:
 
 
 def run_dirs(sweep_dir: Path) -> list[Path]:
-    """Run directories in plan order (runs missing from plan.json last, by name)."""
+    """The sweep's run directories in plan order.
+
+    With a ``plan.json`` (written by ``sweep run``) only the planned runs count: a directory left by an
+    earlier version of the sweep file or of the toy world (another config hash) is not part of this sweep
+    and must not be averaged with it (see ``stale_run_dirs``). Without one, every run directory, by name.
+    """
     order = _planned_order(sweep_dir)
     paths = sorted({p.parent for p in sweep_dir.glob("*/config.yaml")})
+    if order:
+        paths = [p for p in paths if p.name in order]
     return sorted(paths, key=lambda p: (order.get(p.name, len(order)), p.name))
+
+
+def stale_run_dirs(sweep_dir: Path) -> list[Path]:
+    """Run directories below ``sweep_dir`` that its ``plan.json`` does not list (left out of the report)."""
+    order = _planned_order(sweep_dir)
+    if not order:
+        return []
+    return sorted({p.parent for p in sweep_dir.glob("*/config.yaml")} - set(run_dirs(sweep_dir)))
 
 
 def collect(sweep_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:

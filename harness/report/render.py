@@ -23,7 +23,14 @@ import pandas as pd
 import yaml
 
 from harness.report import plots, reference, tuning
-from harness.report.collect import collect, example_generations, load_metrics, load_samples, load_summaries
+from harness.report.collect import (
+    collect,
+    example_generations,
+    load_metrics,
+    load_samples,
+    load_summaries,
+    stale_run_dirs,
+)
 from harness.report.stats import N_BOOT, deltas, main_table, significance, task_order
 from harness.rundir import atomic_write_text
 
@@ -645,6 +652,15 @@ def render(
             _p(
                 f"{len(not_done)} run(s) not done: "
                 + ", ".join(f"{r.run_id} ({r.status})" for r in not_done.itertuples())
+            )
+        )
+    stale = stale_run_dirs(Path(sweep_dir))
+    if stale:
+        blocks.append(
+            _p(
+                f"Left out: {len(stale)} run director{'y' if len(stale) == 1 else 'ies'} below the sweep "
+                "directory that the current plan does not list (made by an earlier version of the sweep "
+                "file or of the toy world): " + ", ".join(p.name for p in stale)
             )
         )
     blocks.append(_t(runs_table(runs)) if not runs.empty else _p("No runs."))
