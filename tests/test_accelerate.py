@@ -14,6 +14,7 @@ import sys
 import pytest
 import torch
 import yaml
+from test_train_formats import _training  # plain SGD, no schedule: updates comparable
 from transformers import AutoModelForCausalLM
 
 from harness import cli, toy
@@ -46,18 +47,7 @@ def _cfg(toy_cfg, per_device: int, launcher: dict | None = None) -> dict:
         "toy": toy_cfg.model_dump(mode="json"),
         "dataset": toy.dataset_config(max_examples=32),
         "objective": {"name": "sft"},
-        "training": {
-            "learning_rate": 1e-2,
-            "per_device_train_batch_size": per_device,
-            "max_steps": 3,
-            "logging_steps": 1,
-            "optim": "sgd",
-            "warmup_steps": 0,
-            "lr_scheduler_type": "constant",
-            "max_grad_norm": 1e9,
-            "weight_decay": 0.0,
-            "use_cpu": True,
-        },
+        "training": _training(per_device_train_batch_size=per_device, max_steps=3, use_cpu=True),
     }
     if launcher is not None:
         d["launcher"] = launcher
