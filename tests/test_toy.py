@@ -153,9 +153,9 @@ def test_code_function_scoring_runs_in_the_sandbox():
     utils = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(utils)
 
-    def score(doc: dict, completion: str) -> float:
-        (verdict,) = utils.execute([[completion]], [doc])[0]
-        return utils.process_results(doc, [verdict])["pass_at_1"]
+    def score(doc: dict, completion: str) -> float:  # the shapes lm-eval's evaluator passes
+        (per_doc,) = utils.execute([[completion]], [doc])
+        return utils.process_results(doc, [per_doc])["pass_at_1"]
 
     doc = code_tasks.generate("code_function", "test_id", 1, seed=0)[0]
     assert score(doc, doc["answer"]) == 1.0
@@ -395,6 +395,15 @@ def test_build_tiny_world_cached_and_tasks_load_in_lm_eval(tmp_path, monkeypatch
     doc = next(iter(mc.test_docs()))
     assert mc.doc_to_choice(doc)[mc.doc_to_target(doc)] == doc["answer"]
     assert len(list(flat["toy_humaneval"].test_docs())) == 164
+    # lm-eval's own scoring path (requests -> responses -> filters -> process_results, as its evaluator
+    # does), with reference bodies and wrong ones as the responses: the executed verdicts reach the metric
+    fn = flat["toy_code_function_id"]
+    fn.build_all_requests(limit=4, rank=0, world_size=1)
+    for inst in fn.instances:
+        inst.resps = [inst.doc["answer"] if inst.doc_id % 2 == 0 else "\n    return -1\n"]
+    fn.apply_filters()
+    scores = [fn.process_results(i.doc, [i.filtered_resps["execute"]])["pass_at_1"] for i in fn.instances]
+    assert scores == [1.0, 0.0, 1.0, 0.0]
 
 
 @pytest.mark.slow
