@@ -22,8 +22,8 @@ from collections.abc import Iterator
 from .config import PROMPT
 from .sampling import distinct, endless
 
-# 6 kinds x 4 members: small enough for the 0.86M-parameter base to learn in both directions (a kind's
-# members, a member's kind) from ~4% of its corpus. (toy-v4 had 8 x 8 facts: they stayed at chance.)
+# 6 kinds x 4 members. Measured: the demo base does not learn them (knowledge questions at chance, 25-29%),
+# nor did it learn toy-v4's 8 x 8 from 3% of its corpus: too few exposures for 0.86M parameters.
 KB = {
     "bird": ["robin", "eagle", "owl", "duck"],
     "fish": ["salmon", "shark", "cod", "eel"],
