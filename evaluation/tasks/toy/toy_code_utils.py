@@ -43,9 +43,7 @@ def execute(resps: list[list[str]], docs: list[dict]) -> list[list[str]]:
     return [[next(verdicts) for _ in resp] for resp in resps]
 
 
-def process_results(doc: dict, results: list) -> dict[str, float]:
+def process_results(doc: dict, results: list[list[str]]) -> dict[str, float]:
     """``results[0]`` is what the ``execute`` filter gave this document: its list of verdicts, one per
     response (lm-eval passes a filter's per-document output as is); the greedy completion is the first."""
-    verdicts = results[0]
-    verdict = verdicts[0] if isinstance(verdicts, list) else verdicts
-    return {"pass_at_1": float(verdict == "passed")}
+    return {"pass_at_1": float(results[0][0] == "passed")}
