@@ -175,28 +175,10 @@ def test_code_function_scoring_runs_in_the_sandbox():
 
 
 # ----------------------------------------------------------------------------------------- reasoning
-KB_TABLE = {  # restated independently of the generator's tables
-    "bird": "robin eagle owl duck",
-    "fish": "salmon shark cod eel",
-    "tree": "oak pine maple palm",
-    "metal": "iron copper gold tin",
-    "fruit": "apple banana grape lemon",
-    "tool": "hammer saw drill axe",
-}
-
-
 def _mc_correct(question: str, choice: str) -> bool:
     """Is ``choice`` a correct answer to ``question``? Decided from the question text alone."""
-    members = {c: set(v.split()) for c, v in KB_TABLE.items()}
-    if "number" in question:
-        nums = [int(x) for x in re.search(r"Choices: (.*)\.$", question).group(1).split(", ")]
-        best = min(nums) if re.search(r"smallest|lowest|least", question) else max(nums)
-        return int(choice) == best
-    m = re.search(r"(?:is an? |Pick the )(\w+)(?:\?| from)", question)
-    if m and m.group(1) in members:
-        return choice in members[m.group(1)]
-    thing = re.search(r"(?:thing is an?|^An?|group that an?) (\w+)", question).group(1)
-    return thing in members[choice]
+    nums = [int(x) for x in re.fullmatch(r".*number.*\? Choices: (.*)\.", question).group(1).split(", ")]
+    return int(choice) == (min(nums) if re.search(r"smallest|lowest", question) else max(nums))
 
 
 def test_every_reasoning_mc_item_has_exactly_one_correct_choice():
@@ -208,20 +190,29 @@ def test_every_reasoning_mc_item_has_exactly_one_correct_choice():
             assert correct == [it["answer"]] == [it["choices"][it["label"]]], it
             assert it["question"].endswith(f"Choices: {', '.join(it['choices'])}.")
             kinds.setdefault(split, set()).add(it["kind"])
-    assert kinds["test_id"] == kinds["test_ood"] == {"member", "kind", "largest", "smallest"}
+    assert kinds["test_id"] == kinds["test_ood"] == {"largest", "smallest"}
+
+
+def test_reasoning_mc_choices_differ_in_one_token_of_the_demo_tokenizer(tmp_path):
+    """Each choice is " " + one digit token, so it is decided at that token (toy-v5's two-digit numbers and
+    words spelt out letter by letter were at chance). The tokenizer is trained as the demo build trains it."""
+    from harness.toy import pretrain
+    from harness.toy.tokenizer import train_tokenizer
+
+    cfg = toy.ToyConfig()
+    docs = pretrain.corpus(cfg, generate_data(cfg, tmp_path))
+    tok = train_tokenizer([next(docs) for _ in range(3000)], cfg.vocab_size)
+    ids = [tok(f" {d}")["input_ids"] for d in range(1, 10)]
+    assert {tuple(i[:-1]) for i in ids} == {tuple(tok(" ")["input_ids"])} and len({i[-1] for i in ids}) == 9
 
 
 def test_reasoning_mc_ood_phrasings_never_appear_in_training():
-    stem = lambda q: q.split(" Choices:")[0]  # noqa: E731
-    train = {
-        re.sub(r"\b(an? )?\w+\?$", "", stem(it["question"]))
-        for it in reasoning_tasks.generate("reasoning_mc", "train", 2000, 0)
-    }
-    ood = reasoning_tasks.generate("reasoning_mc", "test_ood", 200, seed=0)
-    train_text = " ".join(train)
-    for it in ood:
-        opening = " ".join(stem(it["question"]).split()[:2])
-        assert opening not in train_text, opening
+    def phrasing(q: str) -> str:
+        return q.split(" Choices:")[0]
+
+    train = {phrasing(it["question"]) for it in reasoning_tasks.generate("reasoning_mc", "train", 2000, 0)}
+    ood = {phrasing(it["question"]) for it in reasoning_tasks.generate("reasoning_mc", "test_ood", 200, 0)}
+    assert len(train) == 4 and len(ood) == 2 and not train & ood, (train, ood)
 
 
 def _navigate(question: str) -> tuple[bool, int, list[int]]:

@@ -8,7 +8,7 @@ import json
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 # Bump when generated content changes for the same config (generators, corpus mix, tokenizer, training loop).
-GENERATOR_VERSION = "toy-v5"
+GENERATOR_VERSION = "toy-v6"
 
 # The prompt format shared with the training recipe and the lm-eval tasks; the response is
 # " {answer}" followed by EOS. Answers never contain a blank line, so generation stops at "\n\n".
@@ -23,7 +23,6 @@ DOC_KINDS = {
     "code_output": "code",  # output prediction with a trace (mostly the evaluation format)
     "code_function": "code",  # functions with docstrings (+ their tests)
     "reasoning_mc": "reasoning",  # multiple-choice questions with the answer
-    "reasoning_fact": "reasoning",  # statements of the knowledge base
     "reasoning_logic": "reasoning",  # navigate walks with the position after each move
 }
 
@@ -73,8 +72,7 @@ class ToyPretrainConfig(_Strict):
             "math_drill": 0.04,
             "code_output": 0.14,
             "code_function": 0.06,
-            "reasoning_mc": 0.07,
-            "reasoning_fact": 0.03,
+            "reasoning_mc": 0.10,
             "reasoning_logic": 0.12,
         },
     )

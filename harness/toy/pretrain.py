@@ -56,8 +56,6 @@ def corpus(cfg: ToyConfig, exclude: set[str]) -> Iterator[str]:
         kind = rng.choices(kinds, weights)[0]
         if kind.startswith("math_"):
             yield math_document(kind[len("math_") :], rng, math_problems)
-        elif kind == "reasoning_fact":
-            yield reasoning_tasks.fact_document(rng)
         else:
             mod = code_tasks if kind.startswith("code_") else reasoning_tasks
             yield mod.document(kind, next(streams[kind]), rng)

@@ -1,17 +1,19 @@
 """The toy "reasoning" domain: two generated task families.
 
-- ``reasoning_mc`` (ARC / MMLU style, scored by log-likelihood over 4 choices, chance 25%): questions
-  about a small fixed knowledge base (what kind of thing something is, which listed thing belongs to a
-  kind) and comparisons of numbers (largest, smallest). The choices are listed in the question, and the
-  answer continuation is " <choice>". ``test_ood`` asks the same kinds of questions in phrasings never
-  used in training.
+- ``reasoning_mc`` (ARC / MMLU style, scored by log-likelihood over 4 choices, chance 25%): which of
+  four one-digit numbers is the largest / smallest (``Which number is the biggest? Choices: 5, 1, 3,
+  2.``). The choices are listed in the question, and the answer continuation is " <choice>".
+  ``test_ood`` asks the same questions in phrasings never used in training.
 - ``reasoning_logic`` (BBH navigate style, generative, exact match, chance 50%): after a few steps
   forward and backward, are you back at the starting point? The reference answer tracks the position
   one move per line and ends in ``#### Yes`` / ``#### No`` (half the items each). ``test_ood`` has one
   more move than any training walk.
 
-The knowledge itself (``KB``) is taught only through the pre-training corpus (``fact`` documents and
-multiple-choice documents of the training phrasings). Every item is a pure function of ``(seed, split)``.
+Every answer is computed from the question itself, not recalled. Measured on full builds: questions
+about a small knowledge base (6-8 kinds of things, taught by 3-4% of the corpus; toy-v4, toy-v5) stayed
+at chance (25-29%), as did "which word comes next in a repeating list" (a toy-v6 draft: 23-28%, with the
+list either before or after the choices); comparing one-digit numbers reached 87-100%. Every item is a
+pure function of ``(seed, split)``.
 """
 
 from __future__ import annotations
@@ -22,44 +24,6 @@ from collections.abc import Iterator
 from .config import PROMPT
 from .sampling import distinct, endless
 
-# 6 kinds x 4 members. Measured: the demo base does not learn them (knowledge questions at chance, 25-29%),
-# nor did it learn toy-v4's 8 x 8 from 3% of its corpus: too few exposures for 0.86M parameters.
-KB = {
-    "bird": ["robin", "eagle", "owl", "duck"],
-    "fish": ["salmon", "shark", "cod", "eel"],
-    "tree": ["oak", "pine", "maple", "palm"],
-    "metal": ["iron", "copper", "gold", "tin"],
-    "fruit": ["apple", "banana", "grape", "lemon"],
-    "tool": ["hammer", "saw", "drill", "axe"],
-}
-PLURAL = {
-    "bird": "birds",
-    "fish": "fish",
-    "tree": "trees",
-    "metal": "metals",
-    "fruit": "fruits",
-    "tool": "tools",
-}
-CATEGORY_OF = {m: c for c, ms in KB.items() for m in ms}
-
-
-def _a(word: str) -> str:
-    return f"an {word}" if word[0] in "aeiou" else f"a {word}"
-
-
-# question templates per kind: (in-distribution phrasings, held-out phrasings for test_ood)
-MC_TEMPLATES = {
-    "member": (["Which of these is {a_cat}?", "Which one is {a_cat}?"], ["Pick the {cat} from the list."]),
-    "kind": (["What kind of thing is {a_m}?", "{A_m} is a what?"], ["Name the group that {a_m} belongs to."]),
-    "largest": (
-        ["Which number is the largest?", "Which number is the biggest?"],
-        ["Find the greatest number."],
-    ),
-    "smallest": (
-        ["Which number is the smallest?", "Which number is the lowest?"],
-        ["Find the least number."],
-    ),
-}
 SPLITS = ("train", "val", "test_id", "test_ood", "pretrain")
 # moves per walk. (toy-v5 first tried BBH web_of_lies, 2-4 people: every base stayed at chance, 47-50%;
 # copying "Ann lies" from a question that names everyone twice is too ambiguous for this model.)
@@ -68,51 +32,36 @@ MAX_POS = 19  # positions before the last move stay in 1..MAX_POS
 
 
 # ---------------------------------------------------------------------------------- multiple choice
+# question templates per kind: (in-distribution phrasings, held-out phrasings for test_ood). The held-out
+# phrasings reuse words the corpus has (a toy-v6 draft with "greatest" / "least", words the model never
+# saw, scored below chance: a shift no model could handle).
+MC_TEMPLATES = {
+    "largest": (
+        ["Which number is the largest?", "Which number is the biggest?"],
+        ["Which of the numbers is the largest?"],
+    ),
+    "smallest": (
+        ["Which number is the smallest?", "Which number is the lowest?"],
+        ["Which of the numbers is the smallest?"],
+    ),
+}
+
+
 def sample_mc(rng: random.Random, split: str) -> dict:
     kind = rng.choice(list(MC_TEMPLATES))
     seen_t, ood_t = MC_TEMPLATES[kind]
     template = rng.choice(ood_t if split == "test_ood" else seen_t)
-    cats = rng.sample(list(KB), 4)  # the answer's category first, distractors from 3 others
-    if kind == "member":
-        choices = [rng.choice(KB[c]) for c in cats]
-        question = template.format(cat=cats[0], a_cat=_a(cats[0]))
-    elif kind == "kind":
-        choices = list(cats)
-        m = _a(rng.choice(KB[cats[0]]))
-        question = template.format(a_m=m, A_m=m[0].upper() + m[1:])
-    else:
-        choices = [str(v) for v in rng.sample(range(1, 100), 4)]
-        # the answer first, then shuffled
-        choices.sort(key=int, reverse=kind == "largest")
-        question = template
-    answer = choices[0]
-    rng.shuffle(choices)
-    question = f"{question} Choices: {', '.join(choices)}."
+    # one-digit numbers: one token each, so a choice is decided at its digit (toy-v5's numbers 1-99 were
+    # at chance on "largest": comparing two-token numbers was beyond the base)
+    choices = [str(v) for v in rng.sample(range(1, 10), 4)]
+    answer = (max if kind == "largest" else min)(choices, key=int)
     return {
-        "question": question,
+        "question": f"{template} Choices: {', '.join(choices)}.",
         "choices": choices,
         "label": choices.index(answer),
         "answer": answer,
         "kind": kind,
     }
-
-
-def fact_document(rng: random.Random) -> str:
-    """Plain statements of the knowledge base, in both directions (the only place outside the
-    multiple-choice documents where the facts are taught)."""
-    lines = []
-    for _ in range(rng.randint(3, 6)):
-        cat = rng.choice(list(KB))
-        m = rng.choice(KB[cat])
-        style = rng.randrange(3)
-        if style == 0:
-            lines.append(f"{_a(m).capitalize()} is {_a(cat)}.")
-        elif style == 1:
-            others = rng.sample([x for x in KB[cat] if x != m], 2)
-            lines.append(f"The {m}, the {others[0]} and the {others[1]} are all {PLURAL[cat]}.")
-        else:
-            lines.append(f"The {PLURAL[cat]} are the {', the '.join(KB[cat][:-1])} and the {KB[cat][-1]}.")
-    return " ".join(lines)
 
 
 # ------------------------------------------------------------------------------------- navigate

