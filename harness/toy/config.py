@@ -48,8 +48,10 @@ class ToyPretrainConfig(_Strict):
     # 28.5% greedy exact match on test_id with batch 4 x 2000 steps vs 8% with batch 8 x 1000 steps).
     # The base's math score rises steeply with the number of steps here (toy-v4: 2000 -> 10.5%, 2500 ->
     # 19%, 3000 -> 59.5%; drafts of toy-v5: 2600 -> 12.5%, 2800 -> 20%); with this mix 3000 steps give
-    # 38%, inside the 20-40% the paper-like setting asks for, in ~4.5 min of 2-core CPU. A higher lr
-    # (4e-3) was worse at 2800 steps (4.5% vs 20%).
+    # 29.5% (toy-v6), inside the 20-40% the paper-like setting asks for, in ~4.5 min of 2-core CPU. At
+    # 3000 steps the score also depends on which documents the corpus holds: toy-v5 gave 38%, and toy-v6
+    # drafts that differed only in their multiple-choice documents 8% and 21%. A higher lr (4e-3) was worse
+    # at 2800 steps (4.5% vs 20%).
     steps: int = 3000
     batch_size: int = 4
     # Rows are packed with whole documents (separated by EOS), right-padded: every row starts at a
@@ -64,7 +66,8 @@ class ToyPretrainConfig(_Strict):
     # Corpus mix: relative weights of document kinds (see harness/toy/pretrain.py DOC_KINDS); kinds of
     # domains a world does not have are dropped. Math keeps most of the budget (58%) so that the base is
     # decent at in-domain math, like the paper's math-specialised bases; code and reasoning get enough to
-    # stay above chance. (Measured at 3000 steps: 68% math gave the same math score, 21%, but weaker code.)
+    # stay above chance. (Measured at 3000 steps: 68% math gave the same math score, 21%, but weaker code;
+    # so did 61% math in a toy-v6 draft: 21.5%, code output 3.5%.)
     mix: dict[str, float] = Field(
         default_factory=lambda: {
             "math_qa": 0.22,
