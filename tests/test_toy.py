@@ -195,13 +195,11 @@ def test_every_reasoning_mc_item_has_exactly_one_correct_choice():
 
 def test_reasoning_mc_choices_differ_in_one_token_of_the_demo_tokenizer(tmp_path):
     """Each choice is " " + one digit token, so it is decided at that token (toy-v5's two-digit numbers and
-    words spelt out letter by letter were at chance). The tokenizer is trained as the demo build trains it."""
+    words spelt out letter by letter were at chance). The tokenizer is the one the demo world's build trains."""
     from harness.toy import pretrain
-    from harness.toy.tokenizer import train_tokenizer
 
     cfg = toy.ToyConfig()
-    docs = pretrain.corpus(cfg, generate_data(cfg, tmp_path))
-    tok = train_tokenizer([next(docs) for _ in range(3000)], cfg.vocab_size)
+    tok = pretrain.corpus_tokenizer(cfg, generate_data(cfg, tmp_path))
     ids = [tok(f" {d}")["input_ids"] for d in range(1, 10)]
     assert {tuple(i[:-1]) for i in ids} == {tuple(tok(" ")["input_ids"])} and len({i[-1] for i in ids}) == 9
 

@@ -17,6 +17,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from . import code_tasks, math_tasks, reasoning_tasks
 from .config import DOC_KINDS, PROMPT, ToyConfig
+from .tokenizer import train_tokenizer
 
 
 def math_document(kind: str, rng: random.Random, problems) -> str:
@@ -59,6 +60,14 @@ def corpus(cfg: ToyConfig, exclude: set[str]) -> Iterator[str]:
         else:
             mod = code_tasks if kind.startswith("code_") else reasoning_tasks
             yield mod.document(kind, next(streams[kind]), rng)
+
+
+def corpus_tokenizer(cfg: ToyConfig, exclude: set[str]) -> PreTrainedTokenizerFast:
+    """The world's tokenizer: byte-level BPE trained on the corpus's first 3000 documents."""
+    docs = corpus(cfg, exclude)
+    tok = train_tokenizer([next(docs) for _ in range(3000)], cfg.vocab_size)
+    tok.model_max_length = cfg.model.max_position_embeddings
+    return tok
 
 
 def pack_rows(docs, tok: PreTrainedTokenizerFast, n_rows: int, seq_len: int) -> torch.Tensor:

@@ -178,7 +178,6 @@ def render_tasks(world_root: Path, domains: tuple[str, ...]) -> Path:
 def _build_into(cfg: ToyConfig, out: Path, progress: bool) -> dict:
     # Imported here: torch/transformers are only needed when a world is actually built.
     from . import pretrain
-    from .tokenizer import train_tokenizer
 
     def say(msg: str) -> None:
         if progress:
@@ -191,9 +190,7 @@ def _build_into(cfg: ToyConfig, out: Path, progress: bool) -> dict:
         f"{time.time() - t0:.1f}s)"
     )
 
-    docs = pretrain.corpus(cfg, held_out)
-    tok = train_tokenizer([next(docs) for _ in range(3000)], cfg.vocab_size)
-    tok.model_max_length = cfg.model.max_position_embeddings
+    tok = pretrain.corpus_tokenizer(cfg, held_out)
 
     model, loss, train_s = pretrain.pretrain(cfg, tok, held_out, progress=progress)
     model.generation_config.pad_token_id = tok.pad_token_id
