@@ -640,3 +640,18 @@ def test_val_rows_are_never_results_in_an_untuned_sweep(tmp_path):
     assert "toy_math_val" not in md and "Learning-rate selection" not in md
     assert set(pd.read_csv(tmp_path / "out" / "results.csv")["task"]) == {"toy_math_id"}
     assert not (tmp_path / "out" / "selection.csv").exists()
+
+
+def test_plot_tick_labels_wrap_long_task_names_without_losing_characters():
+    from harness.report.plots import _tick_label
+
+    for task in [
+        "toy_reasoning_logic_ood",
+        "minerva_math_algebra",
+        "gsm8k",
+        "a_b",
+        "averyveryverylongname_x",
+    ]:
+        assert _tick_label(task).replace("\n", "") == task
+    assert _tick_label("toy_reasoning_logic_ood") == "toy_reasoning_\nlogic_ood"
+    assert _tick_label("toy_math_id") == "toy_math_id"  # short names stay on one line

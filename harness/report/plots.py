@@ -7,6 +7,7 @@ re-renders: the SVG hash salt is fixed, dates and software tags are not written.
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +80,17 @@ def _grid(n: int, width: float = 3.6, height: float = 2.9, max_cols: int = 3):
     return fig, flat[:n]
 
 
+def _tick_label(task: str, width: int = 14) -> str:
+    """A task name broken after underscores into lines of ~``width`` characters, so that long names
+    (``toy_reasoning_logic_ood``) under neighbouring bars do not run into each other."""
+    return "_\n".join(
+        line.replace(" ", "_")
+        for line in textwrap.wrap(
+            task.replace("_", " "), width, break_long_words=False, break_on_hyphens=False
+        )
+    )
+
+
 def _legend_below(fig, axes) -> None:
     """One legend for all panels, below them (inside the figure: constrained layout makes room)."""
     handles, labels = {}, []
@@ -131,7 +143,7 @@ def plot_scores(table: pd.DataFrame, out_dir: Path, cmap: dict[str, str]) -> Pat
     )
     _grouped_bars(ax, table, "mean", tasks, methods, cmap)
     split = dict(zip(table["task"], table["split"], strict=False))
-    ax.set_xticks(range(len(tasks)), [f"{t}\n({split[t]})" for t in tasks])
+    ax.set_xticks(range(len(tasks)), [f"{_tick_label(t)}\n({split[t]})" for t in tasks])
     ax.set_ylabel("score (%)")
     ax.set_ylim(bottom=0, top=max(1.0, ax.get_ylim()[1]))
     ax.set_title("Score per task (mean ± std over seeds)")
@@ -385,7 +397,7 @@ def plot_forgetting(forget: pd.DataFrame, out_dir: Path, cmap: dict[str, str]) -
     )
     _grouped_bars(ax, forget, "delta", tasks, methods, cmap)
     ax.axhline(0, color="k", lw=0.8)
-    ax.set_xticks(range(len(tasks)), tasks)
+    ax.set_xticks(range(len(tasks)), [_tick_label(t) for t in tasks])
     ax.set_ylabel("Δ vs base (pp)")
     ax.set_title("Forgetting: change vs the base model on non-target (OOD) tasks")
     ax.grid(axis="y", alpha=0.3)
