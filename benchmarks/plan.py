@@ -24,7 +24,7 @@ from pathlib import Path
 import yaml
 
 from harness import toy
-from harness.sweep import plan
+from harness.execution.plan import plan
 
 
 def sweep_dict(runs: int, shape: str) -> dict:

@@ -23,7 +23,7 @@ EPILOG = """examples:
 
 
 def _cmd_sweep_plan(args: argparse.Namespace) -> int:
-    from harness import sweep
+    from harness.execution import plan as sweep
 
     pl = sweep.plan(args.file, args.out)
     print(f"sweep '{pl.sweep.name}' -> {pl.out_dir}")
@@ -33,7 +33,7 @@ def _cmd_sweep_plan(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep_run(args: argparse.Namespace) -> int:
-    from harness import sweep
+    from harness.execution import plan as sweep
 
     code = sweep.run(
         args.file,
@@ -50,11 +50,11 @@ def _cmd_sweep_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep_status(args: argparse.Namespace) -> int:
-    from harness import sweep
+    from harness.execution import plan as sweep
 
     pl = sweep.load_plan_from_dir(args.dir)
     rows = sweep.status_rows(pl)
-    from harness import slurm
+    from harness.execution import slurm
 
     queued = slurm.queue_states(pl)  # runs whose SLURM task is still queued or running
     for row in rows:
@@ -87,8 +87,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from harness.config import load_run_config
-    from harness.rundir import RunDir
-    from harness.worker import run_stage
+    from harness.execution.worker import run_stage
+    from harness.runs.layout import RunDir
 
     cfg = load_run_config(args.config)
     if not cfg.is_training:
@@ -102,7 +102,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     else:  # several processes: `accelerate launch` runs the worker in each (see harness/launch.py)
         import subprocess
 
-        from harness.launch import train_command
+        from harness.execution.launch import train_command
 
         code = subprocess.run(train_command(run.path, cfg)).returncode
         if code != 0 or not run.is_done("train"):
@@ -116,7 +116,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from harness.config import EvalConfig
-    from harness.evaluate import (
+    from harness.eval.runner import (
         _check_unsafe,
         adhoc_suite,
         backend_python,
@@ -124,7 +124,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         resolve_backend,
         run_in_subprocess,
     )
-    from harness.rundir import RunDir
+    from harness.runs.layout import RunDir
     from harness.toy import ToyConfig, resolve
 
     target = Path(args.model)

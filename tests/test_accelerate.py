@@ -19,9 +19,9 @@ from transformers import AutoModelForCausalLM
 
 from harness import cli, toy
 from harness.config import ConfigError, parse_run_config
-from harness.launch import stage_command
-from harness.rundir import RunDir
-from harness.train import train
+from harness.execution.launch import stage_command
+from harness.runs.layout import RunDir
+from harness.training.recipe import train
 
 # On a CPU-only machine: accelerate's MULTI_GPU launcher (torchrun) starts the processes, and
 # `training.use_cpu: true` makes them join a gloo process group on the CPU. On GPUs drop use_cpu.
@@ -59,13 +59,13 @@ def test_train_command_uses_accelerate_launch(tmp_path, tiny_toy):
     acc = tmp_path / "accelerate.yaml"
     acc.write_text(ACCELERATE_CONFIG)
     plain = parse_run_config(_cfg(cfg, 8))
-    assert stage_command("train", "RUN", plain) == [sys.executable, "-m", "harness.worker", "train", "RUN"]
+    assert stage_command("train", "RUN", plain) == [sys.executable, "-m", "harness.execution.worker", "train", "RUN"]
     launched = parse_run_config(
         _cfg(cfg, 4, {"accelerate_config": str(acc), "num_processes": 2, "main_process_port": 29511})
     )
     assert stage_command("train", "RUN", launched) == [
         sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(acc.resolve()),
-        "--num_processes", "2", "--main_process_port", "29511", "-m", "harness.worker", "train", "RUN",
+        "--num_processes", "2", "--main_process_port", "29511", "-m", "harness.execution.worker", "train", "RUN",
     ]  # fmt: skip
     with pytest.raises(ConfigError, match="field 'launcher.accelerate_config': file not found"):
         parse_run_config(_cfg(cfg, 4, {"accelerate_config": str(tmp_path / "missing.yaml")}))

@@ -9,7 +9,7 @@ import yaml
 
 from harness import toy
 from harness.cli import build_parser, main
-from harness.rundir import RunDir
+from harness.runs.layout import RunDir
 
 
 def test_help_explains_every_command(capsys):

@@ -12,7 +12,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from harness.config import ConfigError, DatasetConfig, parse_run_config
-from harness.data import IGNORE_INDEX, build_dataset
+from harness.training.data import IGNORE_INDEX, build_dataset
 
 # A minimal chat template (the toy tokenizer has none): "<role>content\n" per message.
 CHAT_TEMPLATE = (
@@ -168,7 +168,7 @@ def test_packing_keeps_examples_apart(tmp_path, tok, tiny_toy):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from harness.data import Collator, PackingCollator
+    from harness.training.data import Collator, PackingCollator
 
     rows = [{"q": "1 + 2?", "a": "3"}, {"q": "20 + 22?", "a": "42 and more words"}, {"q": "7?", "a": "7"}]
     path = write_jsonl(tmp_path / "pr.jsonl", rows)

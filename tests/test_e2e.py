@@ -14,7 +14,7 @@ import yaml
 
 from harness import paths, toy
 from harness.cli import main
-from harness.rundir import RunDir
+from harness.runs.layout import RunDir
 
 # task -> split of the toy suite (its val split is for model selection: not in results.csv)
 SUITE_SPLITS = {

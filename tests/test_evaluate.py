@@ -19,8 +19,8 @@ import yaml
 from harness import evaluate as ev
 from harness.cli import main
 from harness.config import ConfigError, EvalConfig, RunConfig
-from harness.launch import eval_command
-from harness.rundir import read_jsonl
+from harness.execution.launch import eval_command
+from harness.runs.io import read_jsonl
 
 SUITES = Path(__file__).resolve().parent.parent / "evaluation" / "suites"
 
@@ -107,7 +107,7 @@ def test_backend_auto_on_cpu_is_hf_and_vllm_uses_the_vllm_interpreter(tmp_path, 
     assert eval_command(tmp_path, cfg) == [
         str(fake_python),
         "-m",
-        "harness.worker",
+        "harness.execution.worker",
         "eval",
         str(tmp_path),
         "--backend",

@@ -1,5 +1,5 @@
 """The report is a pure function of run directories: its numbers, its statistics, its escaping, partial
-sweeps, and the HTML as a browser shows it. Run directories are synthetic (written as ``harness.rundir``
+sweeps, and the HTML as a browser shows it. Run directories are synthetic (written as ``harness.runs.layout``
 lays them out), so every number here is known in advance."""
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ import yaml
 
 from harness import report
 from harness.cli import main
-from harness.rundir import RunDir, atomic_write_json
+from harness.runs.io import atomic_write_json
+from harness.runs.layout import RunDir
 
 TASKS = {  # task -> (domain, split)
     "toy_math_id": ("math", "id"),

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from harness.rundir import RunDir, atomic_dir, atomic_write_text, read_jsonl
+from harness.runs.io import atomic_dir, atomic_write_text, read_jsonl
+from harness.runs.layout import RunDir
 
 
 def test_atomic_write_replaces_whole_file_and_leaves_no_temp(tmp_path):

@@ -1,4 +1,4 @@
-"""harness.sandbox: untrusted code runs limited and isolated, and the caller always gets a result.
+"""harness.eval.sandbox: untrusted code runs limited and isolated, and the caller always gets a result.
 
 Each test would fail if the corresponding protection were missing (e.g. without the audit hook the
 spawn test creates its marker file; without the memory limit the allocation test times out instead).
@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from harness.sandbox import SandboxResult, run_program
+from harness.eval.sandbox import SandboxResult, run_program
 
 SOLUTION = "def add(a, b):\n    return a + b\n"
 TESTS = "assert add(2, 3) == 5\nassert add(-1, 1) == 0\n"

@@ -24,7 +24,7 @@ import yaml
 
 from harness import toy
 from harness.config import ConfigError, SlurmConfig, load_sweep_config
-from harness.rundir import RunDir
+from harness.runs.layout import RunDir
 
 DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "sinfo")
 
@@ -324,7 +324,7 @@ def test_slurm_task_that_dies_is_marked_failed_and_rerun(tmp_path, tiny_toy, slu
 def test_sbatch_script_carries_the_configured_resources(tmp_path):
     from submitit.slurm.slurm import _make_sbatch_string
 
-    from harness.slurm import _parameters
+    from harness.execution.slurm import _parameters
 
     cfg = SlurmConfig(
         partition="gpu",
@@ -392,8 +392,8 @@ def test_slurm_executor_without_slurm_is_exit_2_and_writes_nothing(tmp_path, mon
 
 
 def test_a_task_that_left_its_run_unfinished_is_recorded_as_failed(tmp_path):
-    from harness import slurm
-    from harness.sweep import _freeze, plan
+    from harness.execution import slurm
+    from harness.execution.plan import _freeze, plan
 
     data = {"name": "x", "base": {"model": "toy:base"}, "variants": {"eval_only": {}}, "evaluate_base": False}
     path = tmp_path / "s.yaml"

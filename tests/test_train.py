@@ -12,10 +12,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from harness import objectives, toy
 from harness.config import parse_run_config
-from harness.data import IGNORE_INDEX, Collator, tokenize_example
-from harness.rundir import RunDir
+from harness.runs.layout import RunDir
 from harness.toy import resolve
-from harness.train import train
+from harness.training.data import IGNORE_INDEX, Collator, tokenize_example
+from harness.training.recipe import train
 
 
 def _cfg(toy_cfg, objective: dict, **training) -> dict:
@@ -100,7 +100,7 @@ def test_logged_step_one_loss_equals_objective_by_hand(tmp_path, tiny_toy, norma
 
     from transformers import set_seed
 
-    from harness.data import build_dataset
+    from harness.training.data import build_dataset
 
     # Rebuild the first batch the way the Trainer's seeded sampler drew it.
     set_seed(run_cfg.seed)
@@ -178,7 +178,7 @@ def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path, tiny_toy, ca
     run.summary_file.unlink()
     run.metrics_file.write_text("".join(json.dumps({**m, "kept": m["step"] <= 4}) + "\n" for m in full))
 
-    caplog.set_level(logging.INFO, logger="harness.train")
+    caplog.set_level(logging.INFO, logger="harness.training.recipe")
     summary = train(parse_run_config(d), run)
     assert "resuming from " + str(run.train_dir / "checkpoint-4") in caplog.text
     assert "removing incomplete checkpoint" in caplog.text and not torn.exists()
@@ -229,7 +229,7 @@ def test_sigkill_after_a_checkpoint_then_resume_gives_the_uninterrupted_losses(t
     import subprocess
     import time
 
-    from harness.launch import stage_command
+    from harness.execution.launch import stage_command
 
     cfg, _ = tiny_toy
     d = _cfg(
@@ -270,7 +270,7 @@ def test_sigkill_after_a_checkpoint_then_resume_gives_the_uninterrupted_losses(t
         proc.wait()
     assert not run.is_done("train") and not run.final_model.exists()  # killed mid-run
 
-    caplog.set_level(logging.INFO, logger="harness.train")
+    caplog.set_level(logging.INFO, logger="harness.training.recipe")
     train(run_cfg, run)
     assert "resuming from " + str(run.train_dir / "checkpoint-") in caplog.text
     resumed = [json.loads(line) for line in run.metrics_file.read_text().splitlines()]

@@ -21,9 +21,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from harness import cli, objectives
 from harness.config import ConfigError, parse_run_config
-from harness.data import IGNORE_INDEX
-from harness.rundir import RunDir
-from harness.train import build_trainer, micro_batch_seed, train
+from harness.runs.layout import RunDir
+from harness.training.data import IGNORE_INDEX
+from harness.training.recipe import build_trainer, micro_batch_seed, train
 
 # Questions and answers of different lengths (so padding and per-example boundaries matter).
 QA = [
@@ -197,7 +197,7 @@ def test_lora_config_is_validated(tmp_path, tiny_toy, formats, monkeypatch):
     with pytest.raises(ConfigError, match="lora.rank"):
         parse_run_config({**base, "lora": {"rank": 8}})
     # A module name the model does not have: named, with the model's linear layers, before training.
-    import harness.train as train_mod
+    import harness.training.recipe as train_mod
 
     monkeypatch.setattr(train_mod.ObjectiveTrainer, "train", lambda *a, **k: pytest.fail("trained"))
     with pytest.raises(ConfigError, match=r"lora.target_modules: .*q_proj"):
@@ -308,7 +308,7 @@ def test_report_to_tensorboard_writes_event_files(tmp_path, tiny_toy, formats):
 def test_bad_data_fails_before_the_model_is_loaded(tmp_path, tiny_toy, monkeypatch, capsys, rows, expected):
     import yaml
 
-    import harness.train as train_mod
+    import harness.training.recipe as train_mod
 
     cfg, _ = tiny_toy
     path = write_jsonl(tmp_path / "data.jsonl", rows)

@@ -18,8 +18,9 @@ import yaml
 from harness import evaluate as ev
 from harness import toy
 from harness.config import EvalConfig, RunConfig
-from harness.launch import eval_command
-from harness.rundir import RunDir, read_jsonl
+from harness.execution.launch import eval_command
+from harness.runs.io import read_jsonl
+from harness.runs.layout import RunDir
 
 pytestmark = [
     pytest.mark.slow,

@@ -8,7 +8,7 @@
 * ``example_generations``: a few prompts, targets and responses per method (raw model text: the renderer
   escapes it).
 
-Run directories are read as ``harness.rundir`` lays them out; a run that is pending, failed or half
+Run directories are read as ``harness.runs.layout`` lays them out; a run that is pending, failed or half
 written contributes what it has (or nothing) and is listed by status, never a crash.
 """
 
@@ -22,7 +22,8 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from harness.rundir import RunDir, read_jsonl
+from harness.runs.io import read_jsonl
+from harness.runs.layout import RunDir
 
 # Columns of the tidy table, in this order; the knob columns (param_*, training_*) go between.
 RUN_COLUMNS = ["run_id", "method", "variant", "objective", "seed", "model", "dataset", "learning_rate"]

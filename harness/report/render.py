@@ -32,7 +32,7 @@ from harness.report.collect import (
     stale_run_dirs,
 )
 from harness.report.stats import N_BOOT, deltas, main_table, significance, task_order
-from harness.rundir import atomic_write_text
+from harness.runs.io import atomic_write_text
 
 SPLIT_NAMES = {"id": "in-domain", "ood": "OOD"}
 TEMPLATES = Path(__file__).resolve().parent.parent / "report_templates"

@@ -4,7 +4,7 @@
   the program prints. The reference answer is an execution trace, one line per statement, ending in
   ``#### N`` (scored like math: the first ``#### N`` must equal the printed value).
 - ``code_function`` (HumanEval style): a signature and a docstring are given; the model writes the
-  body, which is scored by executing hidden unit tests in :mod:`harness.sandbox`.
+  body, which is scored by executing hidden unit tests in :mod:`harness.eval.sandbox`.
 
 Every item is a pure function of ``(seed, split)``. Splits: ``train`` / ``val`` / ``test_id`` share a
 distribution; ``test_ood`` adds one more statement (output prediction) or one more arithmetic step

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import paths
-from ..rundir import atomic_write_text
+from ..runs.io import atomic_write_text
 from . import code_tasks, math_tasks, reasoning_tasks
 from .config import GENERATOR_VERSION, ToyConfig, world_hash
 

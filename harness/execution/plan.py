@@ -2,7 +2,7 @@
 
 ``plan`` has no side effects. ``run`` creates one directory per run (``<slug>-<config hash>``), freezes its
 config, and executes each pending stage (``train``, then ``eval``) in its own subprocess (the command of
-``harness.launch.stage_command``) with its own log file. A stage that is already done is skipped; a stage
+``harness.execution.launch.stage_command``) with its own log file. A stage that is already done is skipped; a stage
 that fails is marked failed (with its traceback) and the sweep goes on with the other runs, then exits
 non-zero with a summary. Because every stage reads only what earlier stages wrote to disk, a killed sweep
 resumes by running the same command again.
@@ -12,7 +12,7 @@ what a killed attempt left, run its pending stages), so resume and failure recor
 
 * ``local``: this machine, ``max_parallel`` runs at once (threads, each waiting on its stage subprocess);
   with GPUs each parallel slot gets its own ``CUDA_VISIBLE_DEVICES``;
-* ``slurm`` (``harness.slurm``): one SLURM array task per run, through submitit.
+* ``slurm`` (``harness.execution.slurm``): one SLURM array task per run, through submitit.
 
 A run is executed by at most one process at a time: ``execute_run`` holds an exclusive ``flock`` on
 ``<run>/run.lock`` (released by the kernel when the holder dies, even by SIGKILL), and a second process that
@@ -40,9 +40,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from harness.config import ConfigError, RunSpec, SweepConfig, expand_sweep, load_sweep_config
-from harness.launch import stage_command
+from harness.execution.launch import stage_command
 from harness.paths import repo_root
-from harness.rundir import RunDir, atomic_write_json, atomic_write_text
+from harness.runs.io import atomic_write_json, atomic_write_text
+from harness.runs.layout import RunDir
 
 
 def stages_of(spec: RunSpec) -> tuple[str, ...]:
@@ -399,7 +400,7 @@ def run(
         raise ConfigError("--no-wait: only with --executor slurm (the local executor runs in this process)")
     pl = plan(sweep_file, out_dir)
     if executor == "slurm":
-        from harness import slurm
+        from harness.execution import slurm
 
         slurm.check_available()  # before anything is written
     _setup_sweep_dir(pl)
@@ -423,7 +424,7 @@ def run(
     for p in todo:
         _freeze(p, pl.sweep.name)
     if executor == "slurm":
-        from harness import slurm
+        from harness.execution import slurm
 
         outcomes = slurm.run_slurm(pl, todo, max_parallel=max_parallel, wait=wait_for_jobs, echo=echo)
         if not wait_for_jobs:

@@ -1,7 +1,7 @@
 """How a stage of a run is launched: the command line of its subprocess.
 
 The sweep (any executor) runs every stage as ``<command> STAGE RUN_DIR`` in a fresh process with its own
-log. This module decides *which* command: plain ``python -m harness.worker`` by default; the training
+log. This module decides *which* command: plain ``python -m harness.execution.worker`` by default; the training
 and evaluation stages may swap in another launcher (``accelerate launch`` for multi-process training, a
 separate interpreter for the vLLM backend) without the executors knowing.
 """
@@ -15,8 +15,8 @@ from harness.config import RunConfig
 
 
 def worker_command(stage: str, run_dir: str | Path, python: str | None = None) -> list[str]:
-    """``python -m harness.worker STAGE RUN_DIR`` with the given (default: this) interpreter."""
-    return [python or sys.executable, "-m", "harness.worker", stage, str(run_dir)]
+    """``python -m harness.execution.worker STAGE RUN_DIR`` with the given (default: this) interpreter."""
+    return [python or sys.executable, "-m", "harness.execution.worker", stage, str(run_dir)]
 
 
 def train_command(run_dir: str | Path, cfg: RunConfig) -> list[str]:
@@ -35,7 +35,7 @@ def train_command(run_dir: str | Path, cfg: RunConfig) -> list[str]:
         launch += ["--num_processes", str(cfg.launcher.num_processes)]
     if cfg.launcher.main_process_port is not None:
         launch += ["--main_process_port", str(cfg.launcher.main_process_port)]
-    return [*launch, *cfg.launcher.extra_args, "-m", "harness.worker", "train", str(run_dir)]
+    return [*launch, *cfg.launcher.extra_args, "-m", "harness.execution.worker", "train", str(run_dir)]
 
 
 def eval_command(run_dir: str | Path, cfg: RunConfig) -> list[str]:
@@ -47,7 +47,7 @@ def eval_command(run_dir: str | Path, cfg: RunConfig) -> list[str]:
     interpreter and fails the stage with the message saying how to create it.
     """
     from harness.config import ConfigError
-    from harness.evaluate import backend_python, resolve_backend
+    from harness.eval.runner import backend_python, resolve_backend
 
     backend = resolve_backend(cfg.eval.backend)
     try:

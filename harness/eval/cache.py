@@ -2,7 +2,7 @@
 
 One entry per (suite entry, model): the entry's results record and lm-eval's per-sample logs, stored under
 ``<cache>/eval/<key[:2]>/<key>/`` (``harness.paths.cache_dir()``; ``OTR_HARNESS_EVAL_CACHE`` moves just this
-cache, ``OTR_HARNESS_CACHE`` all caches). The key is a SHA-256 of everything that decides the numbers (built by ``harness.evaluate``):
+cache, ``OTR_HARNESS_CACHE`` all caches). The key is a SHA-256 of everything that decides the numbers (built by ``harness.eval.runner``):
 
 - the checkpoint's content hash (:func:`checkpoint_hash`: the weights, config and tokenizer files; a copy of
   the same checkpoint elsewhere hits, a retrained one misses);
@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.paths import cache_dir
-from harness.rundir import atomic_dir, atomic_write_json, read_jsonl
+from harness.runs.io import atomic_dir, atomic_write_json, read_jsonl
 
 # Files a Trainer checkpoint holds besides the model: they do not change the model's outputs.
 _NOT_MODEL_FILES = {

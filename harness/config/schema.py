@@ -735,7 +735,7 @@ def _check_lr_tuning(sweep: SweepConfig, source: str) -> None:
             f"{source}: field '{swept[0]}': the learning rate is tuned by lr_tuning.learning_rates; "
             "remove it here (or remove lr_tuning)"
         )
-    from harness.evaluate import load_suite  # lazy: harness.evaluate imports this module
+    from harness.config.suites import load_suite  # lazy: suites imports schema
 
     sel = tuning.select
     try:

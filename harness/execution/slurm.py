@@ -1,6 +1,6 @@
 """The slurm executor: one SLURM array task per pending run, submitted through submitit.
 
-Each task runs ``harness.sweep.execute_run`` on its run directory — the same path as the local executor:
+Each task runs ``harness.execution.plan.execute_run`` on its run directory — the same path as the local executor:
 it takes the run's lock, skips finished stages, runs each pending stage as a subprocess with its own log
 (``<run>/logs/<stage>.log``) and records failures in ``<run>/status/``. Resources come from the sweep
 file's ``slurm:`` block (``harness.config.SlurmConfig``).
@@ -31,10 +31,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness.config import ConfigError, SlurmConfig
-from harness.rundir import RunDir, atomic_write_json
+from harness.runs.io import atomic_write_json
+from harness.runs.layout import RunDir
 
 if TYPE_CHECKING:
-    from harness.sweep import Outcome, Plan, PlannedRun
+    from harness.execution.plan import Outcome, Plan, PlannedRun
 
 # squeue states of a task that is not over yet.
 ACTIVE_STATES = {
@@ -76,7 +77,7 @@ def check_available() -> None:
 
 def slurm_task(run_dir: str, stages: list[str]) -> str:
     """The function each array task runs (pickled by submitit): the run's pending stages, as locally."""
-    from harness.sweep import execute_run
+    from harness.execution.plan import execute_run
 
     def on_stage(run_id: str, stage: str, ok: bool, seconds: float) -> None:
         print(f"{'done' if ok else 'FAILED'} {run_id} {stage} ({seconds:.0f} s)", flush=True)

@@ -62,9 +62,10 @@ from transformers import (
 
 from harness import objectives
 from harness.config import ConfigError, RunConfig
-from harness.data import IGNORE_INDEX, Collator, PackingCollator, build_dataset
-from harness.rundir import RunDir, atomic_write_json, atomic_write_text, read_jsonl
+from harness.runs.io import atomic_write_json, atomic_write_text, read_jsonl
+from harness.runs.layout import RunDir
 from harness.toy import resolve as resolve_ref
+from harness.training.data import IGNORE_INDEX, Collator, PackingCollator, build_dataset
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,3 @@
+"""Token-level objectives (see engine.py)."""
+
+from harness.objectives.engine import *  # noqa: F403
