@@ -1,4 +1,4 @@
-"""Objectives: pinned to torch, to naive autograd references and to the identities of otr.md §2.
+"""Objectives: pinned to torch, to the plain-autograd ``reference`` implementation and to otr.md §2.
 
 Monte Carlo tests replicate a few logit rows many times in one batch: every replicate is an independent
 draw of the OTR estimator, so the tolerance is derived from the empirical standard error (5 sigma),
@@ -7,11 +7,16 @@ and each such test also checks it has the power to reject a nearby wrong answer.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from harness import objectives as O
+from harness.objectives import losses, reference
 
 V = 11
 ALL = O.available()
@@ -51,52 +56,95 @@ def _run(name, logits, labels, seed=0, **kw):
 
 
 # ------------------------------------------------------------------------------------------------------
-# Naive references, written straight from otr.md with autograd (draws taken from the fused output)
+# The engine against the plain-autograd reference (harness.objectives.reference)
 # ------------------------------------------------------------------------------------------------------
-def _reference_loss(name, logits, labels, draws, prm):
-    mask = labels != O.IGNORE_INDEX
-    z, x = logits[mask], labels[mask]
-    logp = torch.log_softmax(z, -1)
-    p = logp.exp()
-    logp_x = logp.gather(1, x[:, None]).squeeze(1)
-    if name == "sft":
-        per = -logp_x
-    elif name == "dft":
-        per = -logp_x.exp().detach() * logp_x
-    elif name == "otr":
-        reward = torch.where(draws == x[:, None], 1.0, prm["beta"]).to(z.dtype)
-        per = -(reward * logp.gather(1, draws)).mean(1)
-    elif name == "otr_exact":
-        pt = torch.softmax(z.detach() / prm["tau"], -1)
-        reward = torch.full_like(pt, prm["beta"]).scatter(1, x[:, None], 1.0)
-        per = -(pt * reward * logp).sum(1)
-    elif name == "unlikelihood":
-        per = []
-        for i in range(z.shape[0]):
-            negatives = sorted(set(draws[i].tolist()) - {int(x[i])})
-            ul = torch.log(torch.clamp(1 - p[i, negatives], min=1e-6)).sum()
-            per.append(-logp_x[i] - prm["alpha"] * ul)
-        per = torch.stack(per) if per else logp_x
-    elif name == "label_smoothing":
-        per = -(1 - prm["eps"]) * logp_x - prm["eps"] / z.shape[1] * logp.sum(1)
-    elif name == "entropy_sft":
-        per = -logp_x + prm["lambda"] * (p * logp).sum(1)
-    else:
-        raise AssertionError(name)
-    return per.sum()
+def _run_reference(name, logits, labels, seed=0, **kw):
+    """``_run`` through ``implementation="reference"``: plain autograd on the full logits."""
+    leaf = logits.detach().clone().requires_grad_(True)
+    params = {**PARAMS[name], **kw}
+    out = O.compute(
+        name, leaf, labels, implementation="reference", generator=_gen(seed), return_draws=O.is_sampled(name),
+        **params,
+    )  # fmt: skip
+    out.loss.backward()
+    return out, leaf.grad
 
 
 @pytest.mark.parametrize("name", ALL)
-def test_matches_autograd_reference(name):
-    """Closed-form gradients inside the engine == autograd through the naive formula (fp64)."""
+@pytest.mark.parametrize("params", ["interesting", "defaults"])
+def test_matches_autograd_reference(name, params):
+    """Closed-form gradients inside the engine == autograd through the naive formula (fp64): same loss,
+    gradient wrt the logits, metrics and (same generator, same uniforms) the same draws."""
+    kw = {} if params == "interesting" else O.validate_params(name).model_dump(by_alias=True)
     logits, labels = _batch()
+    out, grad = _run(name, logits, labels, **kw)
+    ref, ref_grad = _run_reference(name, logits, labels, **kw)
+    assert grad.abs().max() > 1e-3  # not trivially zero
+    torch.testing.assert_close(out.loss, ref.loss.detach(), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-9, atol=1e-10)
+    assert out.num_tokens == ref.num_tokens == int((labels != -100).sum())
+    assert set(out.metrics) == set(ref.metrics)
+    assert out.metrics == pytest.approx(ref.metrics, rel=1e-12, abs=1e-14)
+    if O.is_sampled(name):
+        assert torch.equal(out.draws, ref.draws)
+        # reference_loss on the engine's own draws: the formula alone, independently of the sampler
+        leaf = logits.clone().requires_grad_(True)
+        reference.reference_loss(name, leaf, labels, out.draws, {**PARAMS[name], **kw}).backward()
+        torch.testing.assert_close(grad, leaf.grad, rtol=1e-9, atol=1e-10)
+    else:
+        assert out.draws is None and ref.draws is None
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_reference_from_hidden_and_fp32(name):
+    """The reference's compute_from_hidden and its fp32 path agree with the engine too."""
+    g = _gen(21)
+    hidden = torch.randn(3, 5, 6, generator=g, dtype=torch.float64)
+    weight = torch.randn(V, 6, generator=g, dtype=torch.float64)
+    _, labels = _batch(seed=21)
+    outs = []
+    for impl in O.IMPLEMENTATIONS:
+        h, w = hidden.clone().requires_grad_(True), weight.clone().requires_grad_(True)
+        out = O.compute_from_hidden(name, h, w, labels, implementation=impl, generator=_gen(), **PARAMS[name])
+        out.loss.backward()
+        outs.append((out.loss.detach(), h.grad, w.grad))
+    for a, b in zip(*outs, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    logits, labels = _batch(dtype=torch.float32, seed=22)
     out, grad = _run(name, logits, labels)
-    leaf = logits.clone().requires_grad_(True)
-    ref = _reference_loss(name, leaf, labels, out.draws, PARAMS[name])
-    ref.backward()
-    torch.testing.assert_close(out.loss, ref.detach(), rtol=1e-10, atol=1e-10)
-    torch.testing.assert_close(grad, leaf.grad, rtol=1e-9, atol=1e-10)
-    assert out.num_tokens == int((labels != -100).sum())
+    ref, ref_grad = _run_reference(name, logits, labels)
+    assert out.loss.dtype == ref.loss.dtype == torch.float32
+    torch.testing.assert_close(out.loss, ref.loss.detach())
+    torch.testing.assert_close(grad, ref_grad)
+
+
+def test_implementation_selection():
+    logits, labels = _batch()
+    with pytest.raises(ValueError, match="unknown implementation 'fast'; valid: engine, reference"):
+        O.compute("sft", logits, labels, implementation="fast")
+    for fn in (O.compute, reference.compute):  # the reference validates like the engine
+        with pytest.raises(ValueError, match="objective 'otr': k must be >= 1"):
+            fn("otr", logits, labels, k=0)
+        with pytest.raises(ValueError, match="do not align"):
+            fn("sft", logits, labels[:, :-1])
+    with pytest.raises(ValueError, match="needs its draws"):
+        reference.reference_loss("otr", logits, labels, None, {})
+
+
+def test_import_is_torch_free():
+    """Planning a sweep validates objective parameters and must never import torch."""
+    code = (
+        "import sys; import harness.objectives as O, harness.objectives.params; "
+        "O.validate_params('otr', {'k': 4}); O.samples_per_token('otr', {'k': 4}); O.available(); "
+        "assert 'torch' not in sys.modules, 'torch imported'; "
+        "assert 'transformers' not in sys.modules, 'transformers imported'; "
+        "assert {'OBJECTIVES', 'Rows', 'ObjectiveOutput', 'merge_metrics'} <= set(dir(O)); "
+        "O.ObjectiveOutput; assert 'torch' in sys.modules; "
+        "assert all(hasattr(O, n) for n in O.__all__)"
+    )
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_sft_equals_torch_cross_entropy():
@@ -267,7 +315,7 @@ def test_row_pieces_equal_one_piece(name, monkeypatch):
     logits, labels = _batch(b=4, t=6, seed=11)
     whole, g_whole = _run(name, logits, labels)
     for rows in (1, 2):
-        monkeypatch.setattr(O, "_ROWDOT_ELEMS", rows * V)
+        monkeypatch.setattr(losses, "_ROWDOT_ELEMS", rows * V)
         out, g = _run(name, logits, labels)
         torch.testing.assert_close(out.loss, whole.loss, rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(g, g_whole, rtol=1e-12, atol=1e-12)
