@@ -12,8 +12,16 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from harness import objectives, toy
 from harness.config import parse_run_config
-from harness.runs.layout import RunDir
+from harness.runs.layout import CHECKPOINT_PREFIX, RunDir
 from harness.toy import resolve
+from harness.training.checkpoints import (
+    checkpoint_path,
+    last_complete_checkpoint,
+    read_counters,
+    remove_torn_checkpoints,
+    truncate_metrics,
+    write_counters,
+)
 from harness.training.data import IGNORE_INDEX, Collator, tokenize_example
 from harness.training.recipe import train
 
@@ -142,6 +150,35 @@ def test_same_seed_same_otr_losses(tmp_path, tiny_toy):
 # ------------------------------------------------------------------------------------------------------
 # Checkpoints: keep-last-N, and a resumed run continues exactly like an uninterrupted one
 # ------------------------------------------------------------------------------------------------------
+def test_checkpoint_prefix_is_the_trainers():
+    # The Trainer names its checkpoints itself; the layout (and the resume logic) must use its prefix.
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    assert f"{PREFIX_CHECKPOINT_DIR}-" == CHECKPOINT_PREFIX
+
+
+def test_resume_point_is_the_last_complete_checkpoint_and_later_ones_go(tmp_path):
+    train_dir = tmp_path / "train"
+    assert last_complete_checkpoint(train_dir) is None  # no train dir yet
+    for step in (2, 4, 10, 12):
+        checkpoint_path(train_dir, step).mkdir(parents=True)
+    for step in (2, 4, 10):  # step 10 sorts after 4 numerically, not as text
+        write_counters(checkpoint_path(train_dir, step), tokens_seen=step, sampled_tokens=2 * step)
+    (train_dir / f"{CHECKPOINT_PREFIX}x").mkdir()  # not a step: ignored, never removed
+    keep = last_complete_checkpoint(train_dir)
+    assert keep == checkpoint_path(train_dir, 10) and read_counters(keep) == (10, 20)
+    remove_torn_checkpoints(train_dir, keep)  # 12 has no counters: torn
+    assert sorted(p.name for p in train_dir.iterdir()) == sorted(
+        f"{CHECKPOINT_PREFIX}{s}" for s in ("2", "4", "10", "x")
+    )
+    remove_torn_checkpoints(train_dir, checkpoint_path(train_dir, 2))  # resume earlier: later ones redone
+    assert last_complete_checkpoint(train_dir) == checkpoint_path(train_dir, 2)
+    run = RunDir(tmp_path)
+    run.metrics_file.write_text("".join(json.dumps({"step": s}) + "\n" for s in (1, 2, 3)) + '{"step": 4')
+    truncate_metrics(run.metrics_file, 2)  # a torn last line is dropped too
+    assert run.metrics_file.read_text() == '{"step": 1}\n{"step": 2}\n'
+
+
 @pytest.mark.slow
 def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path, tiny_toy, caplog):
     cfg, _ = tiny_toy

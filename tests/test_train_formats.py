@@ -23,7 +23,8 @@ from harness import cli, objectives
 from harness.config import ConfigError, parse_run_config
 from harness.runs.layout import RunDir
 from harness.training.data import IGNORE_INDEX
-from harness.training.recipe import build_trainer, micro_batch_seed, train
+from harness.training.recipe import build_trainer, train
+from harness.training.trainer import micro_batch_seed
 
 # Questions and answers of different lengths (so padding and per-example boundaries matter).
 QA = [

@@ -229,6 +229,11 @@ def checkpoint_dirs(train_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: checkpoint_step(p) or -1)
 
 
+def checkpoint_dir(train_dir: Path, step: int) -> Path:
+    """``train/checkpoint-<step>`` (the name transformers' Trainer gives it)."""
+    return Path(train_dir) / f"{CHECKPOINT_PREFIX}{step}"
+
+
 def checkpoint_step(path: Path) -> int | None:
     tail = Path(path).name.removeprefix(CHECKPOINT_PREFIX)
     return int(tail) if tail.isdigit() else None

@@ -1,0 +1,250 @@
+"""The objective inside transformers' ``Trainer``: ``ObjectiveTrainer`` and its two callbacks.
+
+The objective is plugged into ``Trainer.compute_loss``; the Trainer never knows which objective runs, and
+the objectives never know about the Trainer. Normalisation happens here, once, for every objective: the
+objective returns the SUM of its per-token losses, and we divide by the number of response tokens in the
+whole optimizer step (all gradient-accumulation micro-batches, all processes), which transformers counts
+for us as ``num_items_in_batch``.
+
+``loss_normalization: sequences`` instead weights every sequence equally: each sequence's summed loss is
+divided by its own response tokens, and the sum of those per-sequence means is divided by the number of
+sequences of the whole optimizer step that have at least one response token (again all micro-batches,
+all processes). ``_get_num_items_in_batch`` counts those sequences in place of tokens, with transformers'
+own cross-device reduction, so the two modes differ only in what is counted and in the numerator.
+
+Sampling objectives (OTR) draw from a generator seeded by ``micro_batch_seed`` (run seed, step,
+micro-batch, rank), so a run resumed from a checkpoint redraws exactly what the uninterrupted run drew.
+
+Multi-process: the logged diagnostics and token counters are summed over processes (``sync_counters``, a
+collective), and only the main process writes (``MetricsLog``'s lines, ``CheckpointCounters``' file).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import resource
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import Trainer, TrainerCallback
+
+from harness import objectives
+from harness.training.checkpoints import checkpoint_path, read_counters, write_counters
+from harness.training.data import IGNORE_INDEX
+
+
+def micro_batch_seed(run_seed: int, step: int, micro: int, rank: int) -> int:
+    """Seed of the sampling generator of one micro-batch: a pure function of (run seed, optimizer step,
+    micro-batch index within the step, process rank), so a resumed run redraws exactly what it would have."""
+    key = f"{run_seed}/{step}/{micro}/{rank}".encode()
+    return int.from_bytes(hashlib.sha256(key).digest()[:8], "little") >> 1
+
+
+def peak_memory_mb() -> float:
+    """Peak memory of this process: CUDA allocator peak on GPU, else the peak resident set size."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+class ObjectiveTrainer(Trainer):
+    """A ``Trainer`` whose loss is a token-level objective from ``harness.objectives``."""
+
+    # We normalise by the global token count ourselves, so the Trainer must not divide by the number of
+    # accumulation steps again.
+    loss_is_scaled_for_ga = True
+
+    def __init__(
+        self,
+        *args: Any,
+        objective_name: str,
+        objective_params: dict[str, Any],
+        run_seed: int,
+        loss_normalization: str = "tokens",
+        **kwargs,
+    ):
+        super().__init__(*args, **kwargs)
+        if loss_normalization not in ("tokens", "sequences"):
+            raise ValueError(
+                f"loss_normalization must be 'tokens' or 'sequences', got {loss_normalization!r}"
+            )
+        self.loss_normalization = loss_normalization
+        self.objective_name = objective_name
+        self.objective_params = objective_params
+        self.run_seed = run_seed
+        # Make the Trainer count the response tokens of the whole accumulated batch (it does so only for
+        # models that take loss kwargs); our collator provides `shift_labels`, which it counts as they are.
+        self.model_accepts_loss_kwargs = True
+        self._micro_step = (-1, 0)  # (global_step, index of the micro-batch within it)
+        # This process's token-weighted diagnostic sums and counters since the last sync_counters().
+        self._pending: dict[str, float] = defaultdict(float)
+        # All processes' sums since the last log step (filled by sync_counters, emptied by log).
+        self._diag: dict[str, float] = defaultdict(float)
+        self.tokens_seen = 0  # all processes, whole run (restored on resume)
+        self.sampled_tokens = 0
+
+    def _generator(self, device: torch.device) -> torch.Generator:
+        """A generator seeded from (run seed, step, micro-batch, rank): same run -> same draws, also on resume."""
+        step, micro = self._micro_step
+        micro = micro + 1 if step == self.state.global_step else 0
+        self._micro_step = (self.state.global_step, micro)
+        seed = micro_batch_seed(self.run_seed, self.state.global_step, micro, self.args.process_index)
+        return torch.Generator(device=device).manual_seed(seed)
+
+    def _get_num_items_in_batch(self, batch_samples: list, device: torch.device):
+        """The denominator of the step: response tokens (default) or sequences with a response token.
+
+        For ``sequences`` we hand transformers' counter one stand-in label per sequence (0 if the sequence
+        has a response token, else -100), so the count and its cross-device reduction stay transformers'.
+        """
+        if self.loss_normalization == "sequences" and batch_samples and "shift_labels" in batch_samples[0]:
+            batch_samples = [
+                {"labels": s, "shift_labels": s}
+                for s in (
+                    torch.where((b["shift_labels"] != IGNORE_INDEX).any(-1), 0, IGNORE_INDEX)
+                    for b in batch_samples
+                )
+            ]
+        return super()._get_num_items_in_batch(batch_samples, device)
+
+    def _objective(
+        self, logits: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, objectives.ObjectiveOutput]:
+        """The numerator of the loss, and the objective's output (for its token-weighted diagnostics)."""
+        generator = self._generator(logits.device)
+        if self.loss_normalization == "tokens":
+            out = objectives.compute(
+                self.objective_name, logits, labels, generator=generator, **self.objective_params
+            )
+            return out.loss, out
+        # sequences: the objective per sequence (one call per row, same generator in row order), each
+        # row's sum divided by its own response tokens; rows without response tokens contribute nothing.
+        rows = [
+            objectives.compute(
+                self.objective_name, logits[i], labels[i], generator=generator, **self.objective_params
+            )
+            for i in range(labels.shape[0])
+        ]
+        numerator = sum(r.loss / r.num_tokens for r in rows if r.num_tokens > 0)
+        if not torch.is_tensor(numerator):  # no response token in this micro-batch
+            numerator = logits.sum() * 0.0
+        merged = objectives.ObjectiveOutput(
+            loss=sum(r.loss.detach() for r in rows),
+            num_tokens=sum(r.num_tokens for r in rows),
+            metrics=objectives.merge_metrics(rows),
+        )
+        return numerator, merged
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs.pop("shift_labels")
+        inputs.pop("labels", None)  # we compute the loss; the model must not
+        # No KV cache in training; transformers also reads packed examples' boundaries from position_ids
+        # only when there is no cache (and no attention mask).
+        outputs = model(**inputs, use_cache=False)
+        numerator, out = self._objective(outputs.logits, labels)
+        if num_items_in_batch is None:  # e.g. a lone evaluation batch: normalise by its own items
+            num_items_in_batch = (
+                out.num_tokens
+                if self.loss_normalization == "tokens"
+                else int((labels != IGNORE_INDEX).any(-1).sum())
+            )
+        denom = torch.as_tensor(num_items_in_batch, device=numerator.device, dtype=numerator.dtype)
+        loss = numerator / denom.clamp(min=1)
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            # num_items_in_batch counts every process's tokens, and DDP averages gradients over processes.
+            loss = loss * self.args.world_size
+
+        if model.training:
+            self._accumulate(out)
+        return (loss, outputs) if return_outputs else loss
+
+    def _accumulate(self, out: objectives.ObjectiveOutput) -> None:
+        """Token-weighted running sums of the objective's diagnostics, reported at the next log step."""
+        n = int(out.num_tokens)
+        for key, value in out.metrics.items():
+            self._pending[key] += float(value) * n
+        self._pending["__tokens__"] += n
+        self._pending["__sampled__"] += n * objectives.samples_per_token(
+            self.objective_name, self.objective_params
+        )
+
+    def sync_counters(self) -> None:
+        """Sum every process's pending sums into the run totals. Collective: all processes must call it
+        (log steps, checkpoint saves and the end of training are reached by all of them together)."""
+        pending, self._pending = dict(self._pending), defaultdict(float)
+        if self.args.world_size > 1:
+            gathered: list[dict[str, float]] = [{} for _ in range(self.args.world_size)]
+            torch.distributed.all_gather_object(gathered, pending)
+            pending = defaultdict(float)
+            for part in gathered:
+                for key, value in part.items():
+                    pending[key] += value
+        for key, value in pending.items():
+            self._diag[key] += value
+        self.tokens_seen += int(pending.get("__tokens__", 0))
+        self.sampled_tokens += int(pending.get("__sampled__", 0))
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:  # a training log step (reached by every process at the same step)
+            self.sync_counters()
+            n = self._diag.pop("__tokens__", 0.0)
+            self._diag.pop("__sampled__", None)
+            for key, total in self._diag.items():
+                logs[key] = total / n if n else float("nan")
+            self._diag.clear()
+            logs["tokens"] = self.tokens_seen
+            logs["sampled_tokens"] = self.sampled_tokens
+            logs["peak_memory_mb"] = peak_memory_mb()
+        super().log(logs, start_time)
+
+
+class MetricsLog(TrainerCallback):
+    """Append every training log step as one JSON line to ``train/metrics.jsonl``."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._last = time.perf_counter()
+        self._last_step = 0
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs or "loss" not in logs:
+            return
+        if not math.isfinite(logs["loss"]):
+            # Fail fast: a diverged run must be marked failed, not evaluated as if it were fine.
+            raise FloatingPointError(f"non-finite training loss {logs['loss']} at step {state.global_step}")
+        if not state.is_world_process_zero:
+            return
+        now = time.perf_counter()
+        steps = max(state.global_step - self._last_step, 1)
+        row = {"step": state.global_step, **logs, "step_time_s": (now - self._last) / steps}
+        self._last, self._last_step = now, state.global_step
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+class CheckpointCounters(TrainerCallback):
+    """Save the trainer's cumulative token counters inside every checkpoint, so a resumed run's compute
+    accounting (metrics.jsonl `tokens` / `sampled_tokens`, summary.json) covers the whole run."""
+
+    def __init__(self, trainer: ObjectiveTrainer):
+        self.trainer = trainer
+
+    def on_save(self, args, state, control, **kwargs):
+        self.trainer.sync_counters()  # every process is here: count the steps since the last log step too
+        if state.is_world_process_zero:
+            # Written last, after transformers wrote the whole checkpoint: its presence marks it complete.
+            write_counters(
+                checkpoint_path(Path(args.output_dir), state.global_step),
+                self.trainer.tokens_seen,
+                self.trainer.sampled_tokens,
+            )
+
+    @staticmethod
+    def restore(trainer: ObjectiveTrainer, checkpoint: str | Path) -> None:
+        """Set the trainer's counters to those saved in ``checkpoint`` (the one training resumes from)."""
+        trainer.tokens_seen, trainer.sampled_tokens = read_counters(Path(checkpoint))
