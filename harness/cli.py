@@ -23,7 +23,7 @@ EPILOG = """examples:
 
 
 def _cmd_sweep_plan(args: argparse.Namespace) -> int:
-    from harness.execution import plan as sweep
+    from harness.execution import sweep
 
     pl = sweep.plan(args.file, args.out)
     print(f"sweep '{pl.sweep.name}' -> {pl.out_dir}")
@@ -33,7 +33,7 @@ def _cmd_sweep_plan(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep_run(args: argparse.Namespace) -> int:
-    from harness.execution import plan as sweep
+    from harness.execution import sweep
 
     code = sweep.run(
         args.file,
@@ -50,7 +50,7 @@ def _cmd_sweep_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep_status(args: argparse.Namespace) -> int:
-    from harness.execution import plan as sweep
+    from harness.execution import sweep
 
     pl = sweep.load_plan_from_dir(args.dir)
     rows = sweep.status_rows(pl)
@@ -76,8 +76,10 @@ def _report(sweep_dir: Path, out: Path | None, compare: Path | None = None) -> i
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    from harness.runs.layout import is_sweep_dir
+
     for d in [args.dir] + ([args.compare] if args.compare else []):
-        if not (Path(d) / "plan.json").exists() and not list(Path(d).glob("*/config.yaml")):
+        if not is_sweep_dir(Path(d)):
             raise ConfigError(
                 f"{d}: not a sweep directory (no runs found); pass the directory 'sweep run' wrote"
             )
@@ -86,100 +88,32 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from harness.config import load_run_config
-    from harness.execution.worker import run_stage
-    from harness.runs.layout import RunDir
+    from harness.execution.stages import train_standalone
 
-    cfg = load_run_config(args.config)
-    if not cfg.is_training:
-        raise ConfigError(
-            f"{args.config}: field 'objective': required to train (e.g. objective: {{name: sft}})"
-        )
-    run = RunDir(args.out)
-    run.write_config(cfg)
-    if cfg.launcher is None:
-        run_stage("train", run.path)
-    else:  # several processes: `accelerate launch` runs the worker in each (see harness/launch.py)
-        import subprocess
-
-        from harness.execution.launch import train_command
-
-        code = subprocess.run(train_command(run.path, cfg)).returncode
-        if code != 0 or not run.is_done("train"):
-            print(f"error: training failed (exit code {code}); see {run.path / 'status'}", file=sys.stderr)
-            return code or 1
-    print(f"model: {run.final_model}")
-    return 0
+    return train_standalone(args.config, args.out)
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from pydantic import ValidationError
+    from harness.eval.request import build_request
+    from harness.execution.launch import run_eval_request
 
-    from harness.config import EvalConfig
-    from harness.eval.runner import (
-        _check_unsafe,
-        adhoc_suite,
-        backend_python,
-        load_suite,
-        resolve_backend,
-        run_in_subprocess,
+    request = build_request(
+        args.model,
+        suites=args.suite,
+        tasks=args.tasks,
+        include_path=args.include_path,
+        metric=args.metric,
+        backend=args.backend,
+        allow_unsafe_code=args.allow_unsafe_code,
+        limit=args.limit,
+        batch_size=args.batch_size,
+        no_cache=args.no_cache,
+        toy_preset=args.toy_preset,
+        out=args.out,
     )
-    from harness.runs.layout import RunDir
-    from harness.toy import ToyConfig, resolve
-
-    target = Path(args.model)
-    toy = ToyConfig.preset(args.toy_preset)
-    base_eval = EvalConfig()
-    if (target / "config.yaml").exists():  # a run directory: its final model, toy world and eval settings
-        run = RunDir(target)
-        cfg = run.read_config()
-        toy = cfg.toy or toy
-        base_eval = cfg.eval
-        model_ref = str(run.final_model) if cfg.is_training else cfg.model
-        out_root = Path(args.out) if args.out else run.path / "eval"
-    else:
-        model_ref = args.model
-        out_root = Path(args.out or "eval_results")
-    overrides = {
-        "limit": args.limit,
-        "batch_size": args.batch_size,
-        "backend": args.backend,
-        "allow_unsafe_code": True if args.allow_unsafe_code else None,
-        "cache": False if args.no_cache else None,
-    }
-    try:
-        cfg_eval = EvalConfig.model_validate(
-            {**base_eval.model_dump(), **{k: v for k, v in overrides.items() if v is not None}}
-        )
-    except ValidationError as e:
-        first = e.errors()[0]
-        raise ConfigError(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}") from None
-    if args.include_path and not args.tasks:
-        raise ConfigError("--include-path: give the tasks to evaluate from it with --tasks a,b")
-    if args.include_path and not Path(args.include_path).is_dir():
-        raise ConfigError(f"--include-path: not a directory: {args.include_path}")
-    if model_ref.startswith(("/", ".", "~")) and not Path(model_ref).expanduser().exists():
-        raise ConfigError(
-            f"{model_ref}: no such model directory (give a checkpoint, run directory or Hub name)"
-        )
-    suites = [load_suite(n) for n in (args.suite or ([] if args.tasks else base_eval.suites))]
-    if args.tasks:
-        names = [t.strip() for t in args.tasks.split(",") if t.strip()]
-        suites.append(adhoc_suite(names, args.include_path, args.metric))
-    _check_unsafe(suites, cfg_eval)  # fail fast, before starting the evaluation process
-    backend = resolve_backend(cfg_eval.backend)
-    backend_python(backend)  # a missing vLLM venv is reported here, with how to create it
-    model = resolve(model_ref, toy)  # only now: may build the toy world (minutes the first time)
-    request = {
-        "model": model,
-        "suites": [s.model_dump(exclude_unset=True) for s in suites],  # unset = inherit
-        "out_dirs": [str((out_root / s.name).resolve()) for s in suites],
-        "eval": cfg_eval.model_dump(mode="json"),
-        "toy": toy.model_dump(mode="json"),
-        "backend": backend,
-    }
-    # Its own process (vLLM holds its memory until exit; the vllm backend needs its own venv) and log.
-    return run_in_subprocess(request, out_root / "logs" / "eval.log", backend)
+    # Its own process (vLLM holds its memory until exit; the vllm backend needs its own venv), which
+    # prints each entry's result; its output is also appended to the request's log file.
+    return run_eval_request(request)
 
 
 def _cmd_toy_build(args: argparse.Namespace) -> int:

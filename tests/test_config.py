@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.config import ConfigError, RunSpec, expand_sweep, load_sweep_config
+from harness.config import ConfigError, RunSpec, expand_sweep, load_sweep_config, parse_run_config
 from harness.paths import repo_root
 
 DEMO = repo_root() / "sweeps" / "demo.yaml"
@@ -40,6 +40,36 @@ def test_run_id_changes_with_any_knob():
     base = expand_sweep(load_sweep_config(DEMO))[3]
     cfg = base.config.model_copy(update={"seed": 7})
     assert RunSpec(cfg, "otr").run_id != base.run_id
+
+
+@pytest.mark.parametrize(
+    ("config", "digest"),
+    [
+        ({"model": "toy:base"}, "f45e827da0"),
+        ({"model": "toy:base", "eval": {"backend": "hf"}}, "f45e827da0"),  # "auto" hashes as the old "hf"
+        (
+            {
+                "model": "toy:base",
+                "dataset": {"path": "toy:math/train", "prompt_field": "question", "response_field": "answer"},
+                "objective": {"name": "otr", "k": 4},
+                "training": {"learning_rate": 1e-3, "max_steps": 10},
+                "seed": 1,
+            },
+            "76c7930414",
+        ),
+        (
+            {
+                "model": "some/hub-model",
+                "eval": {"suites": ["math"], "backend": "vllm", "tensor_parallel_size": 2},
+            },
+            "a1e2c4ebdc",
+        ),
+    ],
+)
+def test_config_hash_is_stable(config, digest):
+    """Run ids end in config_hash()[:8]: a change here renames every existing run directory. A new
+    RunConfig field with a default belongs in harness/config/hashing.py's _HASH_OMIT_AT_DEFAULT."""
+    assert parse_run_config(config).config_hash() == digest
 
 
 def test_objective_override_replaces_whole_block(tmp_path):
@@ -120,3 +150,23 @@ def test_demo_trains_on_the_prompt_the_toy_tasks_evaluate():
 
     demo = DatasetConfig.model_validate(_demo()["base"]["dataset"])
     assert demo == DatasetConfig.model_validate(toy.dataset_config(max_length=demo.max_length))
+
+
+def test_toy_names_are_one_object_in_config_and_toy():
+    """The toy world's config lives in the config room; harness.toy re-exports it (one class, not a copy)."""
+    from harness import toy
+    from harness.config import toy as toy_config
+
+    for name in (
+        "ToyConfig",
+        "DOMAINS",
+        "SPLITS",
+        "PREFIX",
+        "PROMPT",
+        "GENERATOR_VERSION",
+        "valid_refs",
+        "world_hash",
+    ):
+        assert getattr(toy, name) is getattr(toy_config, name), name
+    assert toy.valid_refs(toy.ToyConfig())[:3] == ["toy:base", "toy:tasks", "toy:math/train"]
+    assert toy.is_toy_ref("toy:base") and not toy.is_toy_ref("org/model")

@@ -16,10 +16,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness import evaluate as ev
 from harness.cli import main
 from harness.config import ConfigError, EvalConfig, RunConfig
-from harness.execution.launch import eval_command
+from harness.config.suites import GenerationSettings, Suite, UnsafeCodeError, load_suite
+from harness.eval import backends
+from harness.eval.backends import LazyLM
+from harness.eval.request import EvalRequest, build_request
+from harness.eval.runner import evaluate, evaluate_suites
+from harness.execution.launch import eval_command, request_command
 from harness.runs.io import read_jsonl
 
 SUITES = Path(__file__).resolve().parent.parent / "evaluation" / "suites"
@@ -29,7 +33,7 @@ SUITES = Path(__file__).resolve().parent.parent / "evaluation" / "suites"
 
 
 def test_entry_settings_inherit_suite_defaults_and_override_them():
-    suite = ev.Suite.model_validate(
+    suite = Suite.model_validate(
         {
             "name": "s",
             "defaults": {"samples": 4, "temperature": 1.0, "max_gen_toks": 64},
@@ -42,7 +46,7 @@ def test_entry_settings_inherit_suite_defaults_and_override_them():
     assert (b.samples, b.temperature, b.max_gen_toks, b.num_fewshot) == (1, 0.0, 64, 3)
     assert b.generation_kwargs() == {"temperature": 0.0, "do_sample": False, "max_gen_toks": 64}
     # Nothing set: the task's own decoding is left alone.
-    assert ev.GenerationSettings().generation_kwargs() == {}
+    assert GenerationSettings().generation_kwargs() == {}
 
 
 def test_samples_without_sampling_is_rejected_naming_the_file_and_field(tmp_path):
@@ -51,19 +55,19 @@ def test_samples_without_sampling_is_rejected_naming_the_file_and_field(tmp_path
         yaml.safe_dump({"name": "bad", "tasks": [{"task": "x", "samples": 16, "temperature": 0}]})
     )
     with pytest.raises(ConfigError) as e:
-        ev.load_suite(str(path))
+        load_suite(str(path))
     assert str(path) in str(e.value) and "samples: 16 needs sampling" in str(e.value)
     path.write_text(yaml.safe_dump({"name": "bad", "tasks": [{"task": "x", "temprature": 1}]}))
     with pytest.raises(ConfigError, match=r"field 'tasks.0.temprature'"):
-        ev.load_suite(str(path))
+        load_suite(str(path))
 
 
 def test_shipped_suites_load_and_subsets_match_paper():
-    paper = ev.load_suite("paper")
+    paper = load_suite("paper")
     by_name = {t.task: t.settings(paper.defaults) for t in paper.tasks}
     covered = set()
     for name in ("math", "code", "reasoning"):
-        sub = ev.load_suite(name)
+        sub = load_suite(name)
         for t in sub.tasks:
             assert t.task in by_name, f"{name}: {t.task} is not in paper"
             assert t.settings(sub.defaults) == by_name[t.task], f"{name}: {t.task} settings differ from paper"
@@ -85,7 +89,7 @@ def test_paper_suite_names_exist_in_installed_lm_eval_index():
 
     index = TaskManager().task_index
     for name in ("paper", "math", "code", "reasoning"):
-        for t in ev.load_suite(name).tasks:
+        for t in load_suite(name).tasks:
             assert t.task in index, f"suite {name}: '{t.task}' is not a task/group of the installed lm-eval"
             # The code tasks execute code: the suite flags them for the opt-in check before any loading.
             assert t.unsafe_code == (t.domain == "code"), t.task
@@ -95,14 +99,14 @@ def test_paper_suite_names_exist_in_installed_lm_eval_index():
 
 
 def test_backend_auto_on_cpu_is_hf_and_vllm_uses_the_vllm_interpreter(tmp_path, monkeypatch):
-    monkeypatch.setattr(ev, "cuda_available", lambda: False)
-    assert ev.resolve_backend("auto") == "hf"
+    monkeypatch.setattr(backends, "cuda_available", lambda: False)
+    assert backends.resolve_backend("auto") == "hf"
     cfg = RunConfig.model_validate({"model": "m", "eval": {"backend": "hf"}})
     assert eval_command(tmp_path, cfg)[0] == sys.executable
     assert eval_command(tmp_path, cfg)[-2:] == ["--backend", "hf"]
     fake_python = tmp_path / "python"
     fake_python.touch()
-    monkeypatch.setenv(ev.VLLM_PYTHON_ENV, str(fake_python))
+    monkeypatch.setenv(backends.VLLM_PYTHON_ENV, str(fake_python))
     cfg = RunConfig.model_validate({"model": "m", "eval": {"backend": "vllm"}})
     assert eval_command(tmp_path, cfg) == [
         str(fake_python),
@@ -116,12 +120,35 @@ def test_backend_auto_on_cpu_is_hf_and_vllm_uses_the_vllm_interpreter(tmp_path, 
 
 
 def test_missing_vllm_venv_says_how_to_make_it(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv(ev.VLLM_PYTHON_ENV, str(tmp_path / "nope" / "python"))
+    monkeypatch.setenv(backends.VLLM_PYTHON_ENV, str(tmp_path / "nope" / "python"))
     with pytest.raises(ConfigError, match="make vllm"):
-        ev.backend_python("vllm")
+        backends.backend_python("vllm")
     assert main(["eval", "toy:base", "--backend", "vllm", "--out", str(tmp_path / "o")]) == 2
     assert "make vllm" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_eval_request_is_resolved_up_front_and_survives_the_process_boundary(tmp_path, monkeypatch):
+    """What `otr-harness eval MODEL ...` hands the worker: resolved settings, one output directory per
+    suite, the log next to them; through JSON unchanged (unset suite fields stay unset: they inherit)."""
+    monkeypatch.setattr(backends, "cuda_available", lambda: False)
+    model = tmp_path / "model"
+    model.mkdir()
+    out = tmp_path / "o"
+    request = build_request(str(model), suites=["math"], tasks="a, b", metric="acc", limit=3, out=str(out))
+    assert [s.name for s in request.suites] == ["math", "tasks"]
+    assert request.out_dirs == [(out / "math").resolve(), (out / "tasks").resolve()]
+    assert request.log_file == out / "logs" / "eval.log"
+    assert (request.model, request.backend, request.eval.limit) == (str(model), "hf", 3)
+    path = tmp_path / "request.json"
+    request.save(path)
+    again = EvalRequest.load(path)
+    assert again == request
+    assert again.suites[0].tasks[0].model_fields_set == request.suites[0].tasks[0].model_fields_set
+    assert request_command(path) == [sys.executable, "-m", "harness.execution.worker", "request", str(path)]
+    with pytest.raises(ConfigError, match="--batch-size"):
+        build_request(str(model), batch_size=0)
+    assert not out.exists()  # nothing is written before the evaluation process runs
 
 
 def test_new_eval_fields_keep_run_ids():
@@ -136,9 +163,9 @@ def test_new_eval_fields_keep_run_ids():
 
 def test_unsafe_code_suite_fails_fast_with_how_to_enable(tmp_path, capsys):
     started = time.time()
-    with pytest.raises(ev.UnsafeCodeError) as e:
+    with pytest.raises(UnsafeCodeError) as e:
         # A model path that does not exist: the error must come before anything is loaded.
-        ev.evaluate_suites("/nonexistent/model", [ev.load_suite("code")], [tmp_path / "code"], EvalConfig())
+        evaluate_suites("/nonexistent/model", [load_suite("code")], [tmp_path / "code"], EvalConfig())
     msg = str(e.value)
     assert "humaneval_plus" in msg and "allow_unsafe_code: true" in msg and "--allow-unsafe-code" in msg
     assert time.time() - started < 2  # nothing was imported, indexed or loaded
@@ -152,29 +179,29 @@ def test_unsafe_code_from_lm_eval_task_config_fails_before_model_load(tmp_path, 
     """A suite entry without the flag whose lm-eval task says `unsafe_code: true` is caught too; with the
     opt-in the task runs (the sandbox that contains the code is tested in tests/test_sandbox.py)."""
     cfg, world = tiny_toy
-    suite = ev.Suite(name="s", include_path="@toy", builtin_tasks=False, tasks=[{"task": "toy_humaneval"}])
-    with pytest.raises(ev.UnsafeCodeError, match="toy_humaneval"):
-        ev.evaluate_suites("/nonexistent/model", [suite], [tmp_path / "s"], EvalConfig(), cfg)
+    suite = Suite(name="s", include_path="@toy", builtin_tasks=False, tasks=[{"task": "toy_humaneval"}])
+    with pytest.raises(UnsafeCodeError, match="toy_humaneval"):
+        evaluate_suites("/nonexistent/model", [suite], [tmp_path / "s"], EvalConfig(), cfg)
     assert not (tmp_path / "s").exists()
     # With the opt-in, lm-eval runs it (it refuses unsafe_code tasks unless confirm_run_unsafe_code).
-    suite = ev.Suite(
+    suite = Suite(
         name="s",
         include_path="@toy",
         builtin_tasks=False,
         tasks=[{"task": "toy_code_function_id", "metric": "pass_at_1", "max_gen_toks": 16}],
     )
     ecfg = EvalConfig(allow_unsafe_code=True, limit=2, batch_size=2, backend="hf", cache=False)
-    res = ev.evaluate(str(world.base_model), suite, tmp_path / "s", ecfg, cfg)
+    res = evaluate(str(world.base_model), suite, tmp_path / "s", ecfg, cfg)
     assert res["tasks"]["toy_code_function_id"]["n"] == 2 and res["settings"]["allow_unsafe_code"]
 
 
 # ------------------------------------------------------------------------- cache, Avg@k, lm-eval CLI
 
 
-def _suite(**math_settings) -> ev.Suite:
+def _suite(**math_settings) -> Suite:
     """toy_math_id (generation; 32 new tokens unless overridden, for speed) + toy_reasoning_mc_id."""
     math_settings.setdefault("max_gen_toks", 32)
-    return ev.Suite(
+    return Suite(
         name="small",
         include_path="@toy",
         builtin_tasks=False,
@@ -199,7 +226,7 @@ def test_second_evaluation_is_served_from_cache_and_a_changed_setting_misses(
     ecfg = EvalConfig(limit=4, batch_size=4, backend="hf")
     # Two suites sharing their entries (as `paper` and `math` do): each entry runs once, both get results.
     twin = _suite().model_copy(update={"name": "twin"})
-    first, first_twin = ev.evaluate_suites(
+    first, first_twin = evaluate_suites(
         str(world.base_model), [_suite(), twin], [tmp_path / "a", tmp_path / "a2"], ecfg, cfg
     )
     assert not any(r["cache_hit"] for r in first["tasks"].values())
@@ -210,9 +237,9 @@ def test_second_evaluation_is_served_from_cache_and_a_changed_setting_misses(
         raise AssertionError("the model was loaded although everything is cached")
 
     with monkeypatch.context() as m:
-        m.setattr(ev._LazyLM, "get", no_model)
+        m.setattr(LazyLM, "get", no_model)
         started = time.time()
-        second = ev.evaluate(str(world.base_model), _suite(), tmp_path / "b", ecfg, cfg)
+        second = evaluate(str(world.base_model), _suite(), tmp_path / "b", ecfg, cfg)
         elapsed = time.time() - started
     assert elapsed < 15, elapsed  # ~1-2 s on an idle machine
     for task, r in second["tasks"].items():
@@ -224,7 +251,7 @@ def test_second_evaluation_is_served_from_cache_and_a_changed_setting_misses(
         assert (tmp_path / "b" / f"samples_{task}.jsonl").read_text() == a
 
     # A changed generation setting of one entry misses for that entry only.
-    third = ev.evaluate(str(world.base_model), _suite(max_gen_toks=8), tmp_path / "c", ecfg, cfg)
+    third = evaluate(str(world.base_model), _suite(max_gen_toks=8), tmp_path / "c", ecfg, cfg)
     assert not third["tasks"]["toy_math_id"]["cache_hit"]
     assert third["tasks"]["toy_reasoning_mc_id"]["cache_hit"]
     short = [s["resps"][0][0] for s in read_jsonl(tmp_path / "c" / "samples_toy_math_id.jsonl")]
@@ -237,7 +264,7 @@ def test_second_evaluation_is_served_from_cache_and_a_changed_setting_misses(
     data = bytearray(weights.read_bytes())
     data[-1] ^= 1
     weights.write_bytes(bytes(data))
-    fourth = ev.evaluate(str(copy), _suite(), tmp_path / "d", ecfg, cfg)
+    fourth = evaluate(str(copy), _suite(), tmp_path / "d", ecfg, cfg)
     assert not any(r["cache_hit"] for r in fourth["tasks"].values())
 
 
@@ -245,14 +272,14 @@ def test_second_evaluation_is_served_from_cache_and_a_changed_setting_misses(
 def test_avg_at_k_runs_k_sampled_evaluations_and_reports_their_mean(tmp_path, tiny_toy, eval_cache):
     cfg, world = tiny_toy
     ecfg = EvalConfig(limit=4, batch_size=4, backend="hf", cache=False)
-    suite = ev.Suite(
+    suite = Suite(
         name="k",
         include_path="@toy",
         builtin_tasks=False,
         defaults={"samples": 2, "temperature": 1.0, "max_gen_toks": 24},
         tasks=[{"task": "toy_math_id", "metric": "exact_match"}],
     )
-    res = ev.evaluate(str(world.base_model), suite, tmp_path / "k", ecfg, cfg)["tasks"]["toy_math_id"]
+    res = evaluate(str(world.base_model), suite, tmp_path / "k", ecfg, cfg)["tasks"]["toy_math_id"]
     assert len(res["runs"]) == 2 and res["value"] == pytest.approx(sum(res["runs"]) / 2)
     assert res["metric"].endswith("(avg@2)")
     run0 = read_jsonl(tmp_path / "k" / "samples_toy_math_id.jsonl")
@@ -265,7 +292,7 @@ def test_avg_at_k_runs_k_sampled_evaluations_and_reports_their_mean(tmp_path, ti
     assert (gen_kwargs["temperature"], gen_kwargs["do_sample"], gen_kwargs["max_gen_toks"]) == (1.0, True, 24)
     assert gen_kwargs["until"] == ["\n\n", "Question:"]  # the task's own stop sequences are kept
     # Reproducible: the same call gives the same samples.
-    again = ev.evaluate(str(world.base_model), suite, tmp_path / "k2", ecfg, cfg)["tasks"]["toy_math_id"]
+    again = evaluate(str(world.base_model), suite, tmp_path / "k2", ecfg, cfg)["tasks"]["toy_math_id"]
     assert again["runs"] == res["runs"]
     assert (tmp_path / "k2" / "samples_toy_math_id@1.jsonl").read_text() == (
         tmp_path / "k" / "samples_toy_math_id@1.jsonl"
@@ -276,7 +303,7 @@ def test_avg_at_k_runs_k_sampled_evaluations_and_reports_their_mean(tmp_path, ti
 def test_harness_scores_equal_lm_eval_cli(tmp_path, tiny_toy, eval_cache):
     cfg, world = tiny_toy
     ecfg = EvalConfig(limit=8, batch_size=8, backend="hf", cache=False)
-    ours = ev.evaluate(str(world.base_model), _suite(), tmp_path / "ours", ecfg, cfg)["tasks"]
+    ours = evaluate(str(world.base_model), _suite(), tmp_path / "ours", ecfg, cfg)["tasks"]
     cli_out = tmp_path / "cli"
     subprocess.run(
         [

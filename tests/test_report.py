@@ -20,8 +20,10 @@ import yaml
 
 from harness import report
 from harness.cli import main
+from harness.report import data, tuning
+from harness.report.plots import _tick_label
 from harness.runs.io import atomic_write_json
-from harness.runs.layout import RunDir
+from harness.runs.layout import RunDir, SweepDir
 
 TASKS = {  # task -> (domain, split)
     "toy_math_id": ("math", "id"),
@@ -54,7 +56,7 @@ def _make_run(
         cfg["training"] = {"learning_rate": lr, "max_steps": 3}
         cfg["dataset"] = {"path": "toy:math/train"}
     run.config_file.write_text(yaml.safe_dump(cfg))
-    atomic_write_json(run.path / "meta.json", {"variant": variant, "sweep": "demo"})
+    atomic_write_json(run.meta_file, {"variant": variant, "sweep": "demo"})
     if not is_base:
         run.mark_done("train")
         run.train_dir.mkdir(parents=True, exist_ok=True)
@@ -117,10 +119,8 @@ def _make_run(
             lines.append({**entry, "filter": "strict-match", "exact_match": score})
             lines.append({**entry, "filter": "flexible-extract", "exact_match": 1.0 - score})
         (run.eval_dir("toy")).mkdir(parents=True, exist_ok=True)
-        (run.eval_dir("toy") / f"samples_{task}.jsonl").write_text(
-            "".join(json.dumps(x) + "\n" for x in lines)
-        )
-    atomic_write_json(run.eval_dir("toy") / "results.json", {"suite": "toy", "tasks": tasks})
+        run.samples_file("toy", task).write_text("".join(json.dumps(x) + "\n" for x in lines))
+    atomic_write_json(run.results_file("toy"), {"suite": "toy", "tasks": tasks})
     run.mark_done("eval")
     return run
 
@@ -170,7 +170,7 @@ def _build_rich_sweep(d: Path) -> list[str]:
     broken.mark_failed("eval", "Traceback ...\nKeyError: 'no_such_field'")
     ids.append("broken-s0")
     ids.append("later-s0-0123abcd")  # planned, never started
-    atomic_write_json(d / "plan.json", {"sweep": "demo", "runs": ids})
+    atomic_write_json(SweepDir(d).plan_file, {"sweep": "demo", "runs": ids})
     return ids
 
 
@@ -265,7 +265,7 @@ def test_runs_outside_the_current_plan_are_left_out(tmp_path):
     d = tmp_path / "runs" / "s"
     _make_run(d, "sft-s0-new", "sft", 0, {"toy_math_id": [1, 1, 0, 0]})
     _make_run(d, "sft-s0-old", "sft", 0, {"toy_math_id": [0, 0, 0, 0]})
-    atomic_write_json(d / "plan.json", {"sweep": "s", "runs": ["sft-s0-new"]})
+    atomic_write_json(SweepDir(d).plan_file, {"sweep": "s", "runs": ["sft-s0-new"]})
     results, runs = report.collect(d)
     assert list(runs.run_id) == ["sft-s0-new"] and set(results.run_id) == {"sft-s0-new"}
     assert report.main_table(results, ["sft"]).iloc[0]["mean"] == pytest.approx(0.5)
@@ -390,6 +390,25 @@ def test_render_writes_figures_reference_and_lists_unfinished_runs(rich):
         assert pd.read_parquet(out / "results.parquet").shape == csv.shape
 
 
+def test_main_table_is_aggregated_once_per_render(tmp_path, monkeypatch):
+    """The references (SFT, base) are picked from the one aggregate, which is then put in row order: the
+    seed means are computed once, and the ordered table equals ``main_table`` with that row order."""
+    d = tmp_path / "runs" / "once"
+    _make_run(d, "otr-s0", "otr", 0, {"toy_math_id": [1, 1, 0, 1]})
+    _make_run(d, "sft-s0", "sft", 0, {"toy_math_id": [1, 0, 0, 1]})
+    _make_run(d, "base", "base", None, {"toy_math_id": [0, 0, 0, 1]})
+    calls = []
+    real = data.seed_means
+    monkeypatch.setattr(data, "seed_means", lambda results: calls.append(1) or real(results))
+    collected = data.gather(d)
+    computed = data.compute(collected, d, ref_dir=tmp_path / "none", compare=None, n_boot=20, seed=0)
+    assert len(calls) == 1
+    assert (computed.sft, computed.base, computed.methods) == ("sft", "base", ["base", "sft", "otr"])
+    expected = report.main_table(collected.results, computed.methods)
+    pd.testing.assert_frame_equal(computed.table, expected)
+    assert list(computed.table["method"]) == ["base", "sft", "otr"]
+
+
 def test_rendering_is_deterministic_and_idempotent(rich, tmp_path):
     d, out, paths = rich
     files = sorted(p.name for p in out.iterdir())
@@ -438,7 +457,7 @@ def test_partial_and_empty_sweeps_render(tmp_path):
     run = _make_run(d, "otr-s0", "otr", 0, {}, done=False)
     run.mark_failed("train", "RuntimeError: out of memory")
     _make_run(d, "base", "base", None, {"toy_math_id": [0, 1]})
-    atomic_write_json(d / "plan.json", {"runs": ["base", "otr-s0", "dft-s0-abc"]})
+    atomic_write_json(SweepDir(d).plan_file, {"runs": ["base", "otr-s0", "dft-s0-abc"]})
     md = report.render(d, tmp_path / "o2")["md"].read_text()
     assert "| base | 50.0 (n=1) |" in md.replace("**", "") and "Δ SFT" not in md and "Significance" not in md
     assert "otr-s0 (failed)" in md and "dft-s0-abc (pending)" in md and "out of memory" in md
@@ -557,10 +576,10 @@ def _build_tuned_sweep(d: Path, val: dict | None = None) -> None:
             }
             _make_run(d, run_id, f"{method}-lr{lr:g}", s, scores, lr=lr, objective={"name": method})
             atomic_write_json(
-                d / run_id / "meta.json",
+                RunDir(d / run_id).meta_file,
                 {"variant": f"{method}-lr{lr:g}", "sweep": "tuned", "tuning_group": method},
             )
-    (d / "sweep.yaml").write_text(
+    SweepDir(d).sweep_file.write_text(
         yaml.safe_dump(
             {
                 "name": "tuned",
@@ -616,8 +635,6 @@ def test_tuned_sweep_compares_each_method_at_its_validation_picked_lr(tmp_path):
 
 
 def test_tuned_selection_follows_validation_and_mode(tmp_path):
-    from harness.report import tuning
-
     d = tmp_path / "runs" / "tuned"
     _build_tuned_sweep(d, val={("otr", 1e-2): 0.8})
     results, runs = report.collect(d)
@@ -644,8 +661,6 @@ def test_val_rows_are_never_results_in_an_untuned_sweep(tmp_path):
 
 
 def test_plot_tick_labels_wrap_long_task_names_without_losing_characters():
-    from harness.report.plots import _tick_label
-
     for task in [
         "toy_reasoning_logic_ood",
         "minerva_math_algebra",

@@ -393,7 +393,8 @@ def test_slurm_executor_without_slurm_is_exit_2_and_writes_nothing(tmp_path, mon
 
 def test_a_task_that_left_its_run_unfinished_is_recorded_as_failed(tmp_path):
     from harness.execution import slurm
-    from harness.execution.plan import _freeze, plan
+    from harness.execution.plan import plan
+    from harness.execution.stages import freeze as _freeze
 
     data = {"name": "x", "base": {"model": "toy:base"}, "variants": {"eval_only": {}}, "evaluate_base": False}
     path = tmp_path / "s.yaml"

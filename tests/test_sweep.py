@@ -290,7 +290,7 @@ def test_compute_matched_gives_sft_more_steps():
 def test_prepare_cleans_what_a_killed_sweep_left_behind(tmp_path):
     """A SIGKILL between an atomic write's temp file and its rename leaves the temp: the next attempt removes
     it; a kill between meta.json and config.yaml must not leave a run without metadata."""
-    from harness.execution import plan as sweep_mod
+    from harness.execution import stages as sweep_mod
 
     data = _demo()
     pl = plan(_write(tmp_path, data), tmp_path / "runs")
@@ -302,7 +302,7 @@ def test_prepare_cleans_what_a_killed_sweep_left_behind(tmp_path):
     (run / "status").mkdir()
     (run / "status" / ".train.done.x1y2.tmp").write_text("")
     p.run.write_config(p.spec.config)  # config written, then killed before meta.json (old write order)
-    sweep_mod._prepare(p, "demo")
+    sweep_mod.prepare(p, "demo")
     assert sorted(q.relative_to(run).as_posix() for q in run.rglob("*") if q.is_file()) == [
         "config.yaml",
         "meta.json",
@@ -460,7 +460,7 @@ def test_killed_sweep_resumes_to_the_same_results(tmp_path, tiny_toy):
     ],
 )
 def test_device_slots_give_each_parallel_run_its_gpu(n, gpus, expected):
-    from harness.execution.plan import device_slots
+    from harness.execution.local import device_slots
 
     assert device_slots(n, gpus) == expected
 
@@ -469,7 +469,7 @@ def test_device_slots_give_each_parallel_run_its_gpu(n, gpus, expected):
     ("env", "gpus"), [("0,1", ["0", "1"]), ("", []), ("-1", []), ("GPU-ab, GPU-cd", ["GPU-ab", "GPU-cd"])]
 )
 def test_visible_gpus_follow_cuda_visible_devices(monkeypatch, env, gpus):
-    from harness.execution.plan import visible_gpus
+    from harness.execution.local import visible_gpus
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", env)
     assert visible_gpus() == gpus
@@ -478,7 +478,8 @@ def test_visible_gpus_follow_cuda_visible_devices(monkeypatch, env, gpus):
 def test_a_run_held_by_another_process_is_skipped_not_duplicated(tmp_path):
     """execute_run takes the run's flock: while another process holds it, nothing runs and 'busy' is returned;
     the lock dies with its holder (here: a SIGKILLed process), so a killed sweep never blocks the next."""
-    from harness.execution.plan import _freeze, execute_run
+    from harness.execution.stages import execute_run
+    from harness.execution.stages import freeze as _freeze
 
     pl = plan(_write(tmp_path, _demo()), tmp_path / "runs")
     p = pl.runs[0]
@@ -590,7 +591,7 @@ def test_tuning_group_keeps_other_grid_axes(tmp_path):
 
 
 def test_meta_records_the_tuning_group(tmp_path):
-    from harness.execution.plan import _freeze
+    from harness.execution.stages import freeze as _freeze
 
     data = yaml.safe_load((SWEEPS / "lr_tuned.yaml").read_text())
     pl = plan(_write(tmp_path, data), tmp_path / "runs")
@@ -648,7 +649,7 @@ def test_bad_lr_tuning_fails_with_one_line_naming_the_field(tmp_path, change, ne
 
 
 def test_lr_tuning_needs_the_selection_suite_evaluated(tmp_path, monkeypatch):
-    import harness.eval.runner as ev
+    import harness.config.sweep as ev
 
     real = ev.load_suite
     other = real("toy").model_copy(update={"name": "other"})

@@ -15,9 +15,11 @@ import subprocess
 import pytest
 import yaml
 
-from harness import evaluate as ev
 from harness import toy
 from harness.config import EvalConfig, RunConfig
+from harness.config.suites import load_suite
+from harness.eval import backends
+from harness.eval.runner import evaluate
 from harness.execution.launch import eval_command
 from harness.runs.io import read_jsonl
 from harness.runs.layout import RunDir
@@ -25,7 +27,7 @@ from harness.runs.layout import RunDir
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(
-        ev.vllm_python() is None and not os.environ.get("OTR_HARNESS_REQUIRE_VLLM"),
+        backends.vllm_python() is None and not os.environ.get("OTR_HARNESS_REQUIRE_VLLM"),
         reason="no vLLM interpreter: run `make vllm` (creates .venv-vllm) or set OTR_HARNESS_VLLM_PYTHON",
     ),
 ]
@@ -48,7 +50,7 @@ def vllm_toy() -> tuple[toy.ToyConfig, toy.ToyWorld]:
 
 
 def test_vllm_and_hf_agree_on_the_toy_tasks(tmp_path, vllm_toy, monkeypatch):
-    assert ev.vllm_python() is not None, "OTR_HARNESS_REQUIRE_VLLM is set but there is no .venv-vllm"
+    assert backends.vllm_python() is not None, "OTR_HARNESS_REQUIRE_VLLM is set but there is no .venv-vllm"
     monkeypatch.setenv("OTR_HARNESS_EVAL_CACHE", str(tmp_path / "eval-cache"))
     cfg, world = vllm_toy
     suite_file = tmp_path / "cmp.yaml"
@@ -67,7 +69,7 @@ def test_vllm_and_hf_agree_on_the_toy_tasks(tmp_path, vllm_toy, monkeypatch):
     run = RunDir(tmp_path / "run")
     run.write_config(run_cfg)
     cmd = eval_command(run.path, run_cfg)
-    assert cmd[0] == ev.vllm_python() and cmd[-2:] == ["--backend", "vllm"]
+    assert cmd[0] == backends.vllm_python() and cmd[-2:] == ["--backend", "vllm"]
     log = tmp_path / "eval.log"
     with log.open("w") as f:
         proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=os.environ.copy())
@@ -76,9 +78,9 @@ def test_vllm_and_hf_agree_on_the_toy_tasks(tmp_path, vllm_toy, monkeypatch):
     assert vllm_res["settings"]["backend"] == "vllm" and vllm_res["settings"]["versions"]["vllm"]
 
     # hf, in this process.
-    hf_res = ev.evaluate(
+    hf_res = evaluate(
         str(world.base_model),
-        ev.load_suite(str(suite_file)),
+        load_suite(str(suite_file)),
         tmp_path / "hf",
         EvalConfig(backend="hf", limit=LIMIT, batch_size=16, cache=False),
         cfg,

@@ -15,7 +15,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from harness.config.schema import ConfigError, load_yaml
+from harness.config.io import load_yaml
+from harness.config.schema import ConfigError
 from harness.paths import evaluation_dir
 
 

@@ -1,1 +1,15 @@
-"""eval room."""
+"""The eval room: lm-eval on a checkpoint, results into the run directory.
+
+Modules, in dependency order (each imports only those above it, plus config / toy / runs / paths):
+
+- ``sandbox``   run untrusted model-written code in a limited subprocess (the toy code tasks' scorer);
+- ``vllm_cpu``  in-process accommodations for vLLM's CPU build;
+- ``backends``  hf / vllm: discovery, resolution, the interpreter to use, model args, the lazy lm-eval model;
+- ``cache``     the evaluation cache, keyed by content hashes of the checkpoint and of the lm-eval tasks;
+- ``entries``   suite entries as lm-eval sees them: task managers, pre-load checks, cache keys;
+- ``results``   primary metric, Avg@k statistics, the per-entry record, ``results.json``;
+- ``runner``    :func:`~harness.eval.runner.evaluate_suites`, the driver;
+- ``request``   what ``otr-harness eval`` asks the evaluation process to do.
+
+Importing the package loads nothing: import the module you need.
+"""

@@ -1,6 +1,6 @@
 """The slurm executor: one SLURM array task per pending run, submitted through submitit.
 
-Each task runs ``harness.execution.plan.execute_run`` on its run directory — the same path as the local executor:
+Each task runs ``harness.execution.stages.execute_run`` on its run directory — the same path as the local executor:
 it takes the run's lock, skips finished stages, runs each pending stage as a subprocess with its own log
 (``<run>/logs/<stage>.log``) and records failures in ``<run>/status/``. Resources come from the sweep
 file's ``slurm:`` block (``harness.config.SlurmConfig``).
@@ -28,14 +28,13 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from harness.config import ConfigError, SlurmConfig
+from harness.execution.plan import Plan, PlannedRun
+from harness.execution.stages import Outcome, execute_run
 from harness.runs.io import atomic_write_json
-from harness.runs.layout import RunDir
-
-if TYPE_CHECKING:
-    from harness.execution.plan import Outcome, Plan, PlannedRun
+from harness.runs.layout import RunDir, SweepDir
 
 # squeue states of a task that is not over yet.
 ACTIVE_STATES = {
@@ -77,7 +76,6 @@ def check_available() -> None:
 
 def slurm_task(run_dir: str, stages: list[str]) -> str:
     """The function each array task runs (pickled by submitit): the run's pending stages, as locally."""
-    from harness.execution.plan import execute_run
 
     def on_stage(run_id: str, stage: str, ok: bool, seconds: float) -> None:
         print(f"{'done' if ok else 'FAILED'} {run_id} {stage} ({seconds:.0f} s)", flush=True)
@@ -108,7 +106,7 @@ def active_tasks() -> dict[str, str]:
 
 def slurm_record(run: RunDir) -> dict[str, Any] | None:
     """The run's last submission (logs/slurm.json), or None."""
-    path = run.path / "logs" / "slurm.json"
+    path = run.slurm_file
     try:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
@@ -139,12 +137,12 @@ def submit(pl: Plan, runs: list[PlannedRun], max_parallel: int | None = None) ->
     import submitit
 
     cfg = pl.sweep.slurm or SlurmConfig()
-    executor = submitit.SlurmExecutor(folder=pl.out_dir / "slurm" / "%j", python=cfg.python)
+    executor = submitit.SlurmExecutor(folder=SweepDir(pl.out_dir).slurm_dir / "%j", python=cfg.python)
     executor.update_parameters(**_parameters(cfg, pl.sweep.name, max_parallel))
     jobs = executor.map_array(slurm_task, [str(p.run.path) for p in runs], [list(p.stages) for p in runs])
     for p, job in zip(runs, jobs, strict=True):
         atomic_write_json(
-            p.run.path / "logs" / "slurm.json",
+            p.run.slurm_file,
             {
                 "job_id": job.job_id,
                 "submitted": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -210,7 +208,7 @@ def run_slurm(
         array_id = jobs[0].job_id.split("_")[0]
         echo(
             f"submitted SLURM job {array_id}: {len(jobs)} task(s), one per run; task logs in "
-            f"{pl.out_dir / 'slurm'}, stage logs in <run>/logs/"
+            f"{SweepDir(pl.out_dir).slurm_dir}, stage logs in <run>/logs/"
         )
         attached.update({p.run.run_id: job.job_id for p, job in zip(to_submit, jobs, strict=True)})
     if not wait:
@@ -248,9 +246,7 @@ def run_slurm(
 
 def queue_states(pl: Plan) -> dict[str, str]:
     """Run id -> 'queued' / 'running' for the runs whose recorded SLURM task is still in the queue."""
-    records = {
-        p.run.run_id: slurm_record(p.run) for p in pl.runs if (p.run.path / "logs" / "slurm.json").exists()
-    }
+    records = {p.run.run_id: slurm_record(p.run) for p in pl.runs if p.run.slurm_file.exists()}
     if not records or shutil.which("squeue") is None:
         return {}
     try:

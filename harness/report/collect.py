@@ -22,14 +22,14 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from harness.config import TRAINING_DEFAULTS
+from harness.objectives import validate_params
 from harness.runs.io import read_jsonl
-from harness.runs.layout import RunDir
+from harness.runs.layout import RESULTS_FILE, RunDir, SweepDir, stages_for
 
 # Columns of the tidy table, in this order; the knob columns (param_*, training_*) go between.
 RUN_COLUMNS = ["run_id", "method", "variant", "objective", "seed", "model", "dataset", "learning_rate"]
 RESULT_COLUMNS = ["suite", "task", "domain", "split", "metric", "value", "stderr", "n"]
-# transformers' default, used when a run config does not set a learning rate (see harness.config).
-_DEFAULT_LR = 5e-5
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -42,20 +42,14 @@ def _read_json(path: Path) -> dict[str, Any]:
 def _objective_params(name: str, params: dict[str, Any]) -> dict[str, Any]:
     """The objective's parameters with its defaults filled in (so ``k`` is known even when not written)."""
     try:
-        from harness.objectives import validate_params
-
         return validate_params(name, params).model_dump(by_alias=True)
     except Exception:  # unknown objective (an old run, a test): report what the config says
         return dict(params)
 
 
 def _default_lr() -> float:
-    try:
-        from harness.config import TRAINING_DEFAULTS
-
-        return float(TRAINING_DEFAULTS["learning_rate"])
-    except Exception:
-        return _DEFAULT_LR
+    """The learning rate of a run whose config sets none: the harness's training default."""
+    return float(TRAINING_DEFAULTS["learning_rate"])
 
 
 def run_info(run_path: Path, order: int = 0) -> dict[str, Any]:
@@ -65,7 +59,7 @@ def run_info(run_path: Path, order: int = 0) -> dict[str, Any]:
         cfg = yaml.safe_load(run.config_file.read_text()) or {}
     except (OSError, yaml.YAMLError):
         cfg = {}
-    meta = _read_json(run_path / "meta.json")
+    meta = _read_json(run.meta_file)
     objective = dict(cfg.get("objective") or {})
     is_base = not objective
     name = objective.pop("name", "sft") if objective else "base"
@@ -90,7 +84,7 @@ def run_info(run_path: Path, order: int = 0) -> dict[str, Any]:
                 info[f"training_{k}"] = v
     if meta.get("tuning_group") is not None:  # lr-tuned sweep: the method whose lr this run tries
         info["tuning_group"] = str(meta["tuning_group"])
-    stages = ("eval",) if is_base else ("train", "eval")
+    stages = stages_for(not is_base)
     status = run.status(stages)
     failure = next((run.failure(s) for s in stages if run.is_failed(s)), None)
     info["status"] = status
@@ -105,7 +99,7 @@ def _last_line(text: str) -> str:
 
 
 def _planned_order(sweep_dir: Path) -> dict[str, int]:
-    plan = _read_json(sweep_dir / "plan.json")
+    plan = _read_json(SweepDir(sweep_dir).plan_file)
     return {run_id: i for i, run_id in enumerate(plan.get("runs", []))}
 
 
@@ -117,7 +111,7 @@ def run_dirs(sweep_dir: Path) -> list[Path]:
     and must not be averaged with it (see ``stale_run_dirs``). Without one, every run directory, by name.
     """
     order = _planned_order(sweep_dir)
-    paths = sorted({p.parent for p in sweep_dir.glob("*/config.yaml")})
+    paths = sorted(_config_dirs(sweep_dir))
     if order:
         paths = [p for p in paths if p.name in order]
     return sorted(paths, key=lambda p: (order.get(p.name, len(order)), p.name))
@@ -128,7 +122,12 @@ def stale_run_dirs(sweep_dir: Path) -> list[Path]:
     order = _planned_order(sweep_dir)
     if not order:
         return []
-    return sorted({p.parent for p in sweep_dir.glob("*/config.yaml")} - set(run_dirs(sweep_dir)))
+    return sorted(_config_dirs(sweep_dir) - set(run_dirs(sweep_dir)))
+
+
+def _config_dirs(sweep_dir: Path) -> set[Path]:
+    """Every directory right below ``sweep_dir`` that holds a run config (planned or not)."""
+    return {r.path for r in SweepDir(sweep_dir).run_dirs()}
 
 
 def collect(sweep_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -148,7 +147,7 @@ def collect(sweep_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         runs.append(info)
         seen.add(info["run_id"])
         knobs = {k: v for k, v in info.items() if k not in ("status", "error", "order")}
-        for results_file in sorted(run_path.glob("eval/*/results.json")):
+        for results_file in sorted(RunDir(run_path).eval_root.glob(f"*/{RESULTS_FILE}")):
             res = _read_json(results_file)
             for task, r in (res.get("tasks") or {}).items():
                 rows.append(
@@ -210,7 +209,7 @@ def load_samples(sweep_dir: str | Path, results: pd.DataFrame) -> pd.DataFrame:
     if results.empty:
         return pd.DataFrame(columns=["run_id", "method", "seed", "suite", "task", "doc_id", "score"])
     for r in results[["run_id", "method", "seed", "suite", "task", "metric"]].itertuples(index=False):
-        path = RunDir(sweep_dir / r.run_id).eval_dir(r.suite) / f"samples_{r.task}.jsonl"
+        path = RunDir(sweep_dir / r.run_id).samples_file(r.suite, r.task)
         for key, s in _sample_lines(path, r.metric):
             try:
                 score = float(s[key])
@@ -238,7 +237,7 @@ def example_generations(
     for m in methods:
         runs = sub[sub.method == m].sort_values("seed", na_position="first")
         for r in runs.itertuples():
-            path = RunDir(sweep_dir / r.run_id).eval_dir(suite) / f"samples_{task}.jsonl"
+            path = RunDir(sweep_dir / r.run_id).samples_file(suite, task)
             docs = {
                 s.get("doc_id"): {**s, "_seed": r.seed, "_key": k} for k, s in _sample_lines(path, r.metric)
             }

@@ -14,10 +14,10 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from harness.paths import evaluation_dir
+
 
 def default_dir() -> Path:
-    from harness.paths import evaluation_dir
-
     return evaluation_dir() / "reference"
 
 

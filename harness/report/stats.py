@@ -2,7 +2,13 @@
 
 Seeds
     ``main_table``: per method × task the mean over seeds, the sample standard deviation (ddof = 1; NaN with
-    one seed) and n = the number of seeds (runs) that have a result.
+    one seed) and n = the number of seeds (runs) that have a result. It is ``seed_means`` (the aggregation)
+    then ``order_table`` (rows in report order), so a caller that needs the methods present before it can
+    choose the row order (the reference methods first) aggregates once.
+
+Reference methods and forgetting
+    ``pick_reference``: the method the deltas refer to (SFT, the base model). ``forgetting``: per method
+    and OOD task, the change of the mean vs the base model.
 
 Paired bootstrap (``paired_bootstrap``, ``significance``)
     For a method M and the reference R (SFT) on one task:
@@ -47,21 +53,52 @@ def task_order(results: pd.DataFrame) -> list[tuple[str, str, str]]:
     return sorted(seen, key=key)
 
 
-def main_table(results: pd.DataFrame, variant_order: list[str]) -> pd.DataFrame:
-    """Method × task: mean, std (ddof=1; NaN for one seed) and n seeds of the primary metric."""
+def seed_means(results: pd.DataFrame) -> pd.DataFrame:
+    """Method × task: mean, std (ddof=1; NaN for one seed) and n seeds of the primary metric, unordered.
+
+    The one aggregation of the main table; ``order_table`` puts its rows in report order.
+    """
     col = "method" if "method" in results else "variant"
     grouped = results.groupby([col, "domain", "split", "task"], sort=False)["value"]
     table = grouped.agg(mean="mean", std="std", n="count").reset_index().rename(columns={col: "method"})
     table["variant"] = table["method"]
-    order = [v for v in variant_order if v in set(table["method"])]
-    order += [v for v in dict.fromkeys(table["method"]) if v not in order]
+    return table
+
+
+def order_table(means: pd.DataFrame, results: pd.DataFrame, variant_order: list[str]) -> pd.DataFrame:
+    """``seed_means`` rows by method (``variant_order`` first, then the others as they come) and, within a
+    method, by ``task_order``; ``method`` becomes an ordered categorical with that order."""
+    order = [v for v in variant_order if v in set(means["method"])]
+    order += [v for v in dict.fromkeys(means["method"]) if v not in order]
     rank = {t: i for i, t in enumerate(task_order(results))}
+    table = means.copy()
     table["_m"] = table["method"].map({m: i for i, m in enumerate(order)})
     table["_t"] = [rank[(d, s, t)] for d, s, t in zip(table.domain, table.split, table.task, strict=True)]
     table = table.sort_values(["_m", "_t"], kind="stable").drop(columns=["_m", "_t"]).reset_index(drop=True)
     table["method"] = pd.Categorical(table["method"], categories=order, ordered=True)
     table["variant"] = table["method"]
     return table
+
+
+def main_table(results: pd.DataFrame, variant_order: list[str]) -> pd.DataFrame:
+    """Method × task: mean, std (ddof=1; NaN for one seed) and n seeds of the primary metric, in order."""
+    return order_table(seed_means(results), results, variant_order)
+
+
+def pick_reference(runs: pd.DataFrame, table: pd.DataFrame, name: str) -> str | None:
+    """The method the deltas refer to: a variant called ``name``, else the first one with that objective.
+
+    ``table`` is ``seed_means`` or ``main_table`` (only its set of methods counts).
+    """
+    if table.empty or runs.empty:
+        return None
+    have = set(table["method"].astype(str))
+    if name in have:
+        return name
+    for m, obj in zip(runs["method"], runs["objective"], strict=True):
+        if obj == name and m in have:
+            return m
+    return None
 
 
 def deltas(table: pd.DataFrame, reference: str) -> pd.DataFrame:
@@ -140,3 +177,16 @@ def seed_stats(values: pd.Series) -> tuple[float, float, int]:
         float(v.std()) if len(v) > 1 else float("nan"),
         len(v),
     )
+
+
+def forgetting(table: pd.DataFrame, base: str | None) -> pd.DataFrame:
+    """Per method × non-target (OOD) task: mean − base mean, the method's std over seeds, n."""
+    cols = ["method", "task", "delta", "std", "n"]
+    if base is None or table.empty:
+        return pd.DataFrame(columns=cols)
+    ood = table[table["split"] == "ood"]
+    base_mean = ood[ood["method"] == base].set_index("task")["mean"]
+    out = ood[(ood["method"] != base) & ood["task"].isin(base_mean.index)].copy()
+    out["delta"] = out["mean"] - out["task"].map(base_mean.to_dict()).astype(float)
+    out["method"] = out["method"].astype(str)
+    return out[cols].reset_index(drop=True)

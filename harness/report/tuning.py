@@ -25,6 +25,9 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from harness.config import LrTuning
+from harness.runs.layout import SweepDir
+
 
 @dataclass
 class Selection:
@@ -41,14 +44,12 @@ class Selection:
 def read_tuning(sweep_dir: str | Path) -> dict[str, Any] | None:
     """The ``lr_tuning`` block of the sweep file kept in the sweep directory (validated), or None."""
     try:
-        data = yaml.safe_load((Path(sweep_dir) / "sweep.yaml").read_text()) or {}
+        data = yaml.safe_load(SweepDir(sweep_dir).sweep_file.read_text()) or {}
     except (OSError, yaml.YAMLError):
         return None
     block = data.get("lr_tuning") if isinstance(data, dict) else None
     if not block:
         return None
-    from harness.config import LrTuning
-
     try:
         return LrTuning.model_validate(block).model_dump()
     except ValueError:

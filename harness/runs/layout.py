@@ -21,7 +21,8 @@
         eval/logs/eval.log           ``otr-harness eval DIR`` only: its log
         status/<stage>.done | <stage>.failed (the failure's traceback)
 
-A report directory holds results.csv, validation.csv, selection.csv, report.md and report.html.
+A report directory holds results.csv, validation.csv, selection.csv, report.md, report.html (and
+results.parquet when pyarrow is installed).
 
 Every file is written atomically (``harness.runs.io``), so a killed process never leaves a half-written
 file that a later stage could mistake for a result.
@@ -52,6 +53,7 @@ REPORT_FILES = {
     "selection": "selection.csv",
     "md": "report.md",
     "html": "report.html",
+    "parquet": "results.parquet",
 }
 
 
@@ -105,6 +107,10 @@ class SweepDir:
 
     def run(self, run_id: str) -> RunDir:
         return RunDir(self.path / run_id)
+
+    def run_dirs(self) -> list[RunDir]:
+        """Every run directory below the sweep directory (those with a frozen config), sorted by name."""
+        return [RunDir(p.parent) for p in sorted(self.path.glob(f"*/{CONFIG_FILE}"))]
 
 
 class RunDir:
@@ -178,9 +184,14 @@ class RunDir:
     def samples_file(self, suite: str, task: str, run_index: int = 0) -> Path:
         return self.eval_dir(suite) / samples_file_name(task, run_index)
 
+    @property
+    def failure_dir(self) -> Path:
+        """``status/``: the stage markers (``<stage>.done``, ``<stage>.failed`` with the traceback)."""
+        return self.path / "status"
+
     def _marker(self, stage: str, kind: str) -> Path:
         assert stage in STAGES, stage
-        return self.path / "status" / f"{stage}.{kind}"
+        return self.failure_dir / f"{stage}.{kind}"
 
     # --- config -------------------------------------------------------------------------------
     def write_config(self, config: Any) -> None:

@@ -15,12 +15,26 @@ References understood by :func:`resolve`: ``toy:base``, ``toy:tasks``, ``toy:<da
 
 from __future__ import annotations
 
-from .config import GENERATOR_VERSION, PROMPT, ToyConfig, ToyModelConfig, ToyPretrainConfig, world_hash
-from .world import DOMAINS, SPLITS, ToyWorld, build, datasets
+from ..config.toy import (
+    DOMAINS,
+    GENERATOR_VERSION,
+    PREFIX,
+    PROMPT,
+    SPLITS,
+    ToyConfig,
+    ToyModelConfig,
+    ToyPretrainConfig,
+    datasets,
+    is_toy_ref,
+    valid_refs,
+    world_hash,
+)
+from .world import ToyWorld, build
 
 __all__ = [
     "DOMAINS",
     "GENERATOR_VERSION",
+    "PREFIX",
     "PROMPT",
     "SPLITS",
     "ToyConfig",
@@ -35,16 +49,6 @@ __all__ = [
     "valid_refs",
     "world_hash",
 ]
-
-PREFIX = "toy:"
-
-
-def is_toy_ref(ref: str) -> bool:
-    return isinstance(ref, str) and ref.startswith(PREFIX)
-
-
-def valid_refs(cfg: ToyConfig) -> list[str]:
-    return ["toy:base", "toy:tasks"] + [f"toy:{d}/{s}" for d in datasets(cfg) for s in SPLITS]
 
 
 def resolve(ref: str, cfg: ToyConfig) -> str:

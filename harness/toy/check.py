@@ -6,7 +6,7 @@ import re
 
 import torch
 
-from .config import PROMPT
+from ..config.toy import PROMPT
 
 FINAL_RE = re.compile(r"#### (\-?[0-9]+)")
 

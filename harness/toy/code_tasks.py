@@ -16,7 +16,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 
-from .config import PROMPT
+from ..config.toy import PROMPT
 from .sampling import distinct, endless
 
 MAX_VALUE = 99

@@ -15,8 +15,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from ..config.toy import DOC_KINDS, PROMPT, ToyConfig
 from . import code_tasks, math_tasks, reasoning_tasks
-from .config import DOC_KINDS, PROMPT, ToyConfig
 from .tokenizer import train_tokenizer
 
 

@@ -19,7 +19,6 @@ killed build leaves no half world and concurrent builders wait for (then reuse) 
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
@@ -30,20 +29,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import paths
-from ..runs.io import atomic_write_text
+from ..config.toy import DOMAINS, GENERATOR_VERSION, SPLITS, ToyConfig, datasets, world_hash
+from ..runs.io import atomic_write_text, file_lock
 from . import code_tasks, math_tasks, reasoning_tasks
-from .config import GENERATOR_VERSION, ToyConfig, world_hash
 
 log = logging.getLogger(__name__)
 
 PLACEHOLDER = "__TOY_DATA_DIR__"
-# Domain -> its datasets (one data directory and one family of lm-eval tasks each).
-DOMAINS = {
-    "math": ("math",),
-    "code": ("code_output", "code_function"),
-    "reasoning": ("reasoning_mc", "reasoning_logic"),
-}
-SPLITS = ("train", "val", "test_id", "test_ood")
 
 
 def _generator(dataset: str):
@@ -52,10 +44,6 @@ def _generator(dataset: str):
         return math_tasks.generate
     mod = code_tasks if dataset.startswith("code_") else reasoning_tasks
     return lambda split, n, seed, exclude=frozenset(): mod.generate(dataset, split, n, seed, exclude)
-
-
-def datasets(cfg: ToyConfig) -> list[str]:
-    return [ds for d in cfg.domains for ds in DOMAINS[d]]
 
 
 def split_sizes(cfg: ToyConfig, dataset: str) -> dict[str, int]:
@@ -214,8 +202,8 @@ def build(cfg: ToyConfig, *, progress: bool = True) -> ToyWorld:
     h = world_hash(cfg)
     final = toy_root / h
     if not (final / "world.json").exists():
-        with open(toy_root / f"{h}.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # a concurrent builder of the same world: wait, then reuse
+        # A concurrent builder of the same world: wait for it, then reuse what it built.
+        with file_lock(toy_root / f"{h}.lock", blocking=True):
             if not (final / "world.json").exists():
                 for stale in toy_root.glob(f"{h}.tmp-*"):  # left by killed builds (we hold the lock)
                     shutil.rmtree(stale, ignore_errors=True)

@@ -1,4 +1,10 @@
-"""ToyConfig: everything that determines a toy world (its content hash is the cache key)."""
+"""The toy world's config and the names it defines: everything planning needs, nothing that builds.
+
+``ToyConfig`` determines a toy world (``world_hash`` of it is the cache key); ``DOMAINS`` / ``SPLITS`` /
+``datasets`` / ``valid_refs`` say which ``toy:`` references a world has. This is pure pydantic and string
+logic so that validating a sweep (``RunConfig`` checks its ``toy:`` refs) never imports the generators,
+the tokenizer or torch. ``harness.toy`` builds the world and re-exports every name here.
+"""
 
 from __future__ import annotations
 
@@ -25,6 +31,16 @@ DOC_KINDS = {
     "reasoning_mc": "reasoning",  # multiple-choice questions with the answer
     "reasoning_logic": "reasoning",  # navigate walks with the position after each move
 }
+
+
+PREFIX = "toy:"
+# Domain -> its datasets (one data directory and one family of lm-eval tasks each).
+DOMAINS = {
+    "math": ("math",),
+    "code": ("code_output", "code_function"),
+    "reasoning": ("reasoning_mc", "reasoning_logic"),
+}
+SPLITS = ("train", "val", "test_id", "test_ood")
 
 
 class _Strict(BaseModel):
@@ -106,7 +122,7 @@ class ToyConfig(_Strict):
     @field_validator("domains")
     @classmethod
     def _known_domains(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        valid = ("math", "code", "reasoning")
+        valid = tuple(DOMAINS)
         if not v or "math" not in v or any(d not in valid for d in v) or len(set(v)) != len(v):
             raise ValueError(
                 f"domains: got {list(v)}; give distinct domains from {list(valid)}, including 'math'"
@@ -136,3 +152,17 @@ def world_hash(cfg: ToyConfig) -> str:
         separators=(",", ":"),
     )
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def datasets(cfg: ToyConfig) -> list[str]:
+    """The datasets of ``cfg``'s domains, in domain order."""
+    return [ds for d in cfg.domains for ds in DOMAINS[d]]
+
+
+def is_toy_ref(ref: str) -> bool:
+    return isinstance(ref, str) and ref.startswith(PREFIX)
+
+
+def valid_refs(cfg: ToyConfig) -> list[str]:
+    """Every ``toy:`` reference a world of ``cfg`` resolves: ``toy:base``, ``toy:tasks``, ``toy:<dataset>/<split>``."""
+    return ["toy:base", "toy:tasks"] + [f"toy:{d}/{s}" for d in datasets(cfg) for s in SPLITS]
