@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
 from harness.report import reference, tuning
 from harness.report.collect import (
@@ -41,10 +40,7 @@ from harness.runs.layout import SweepDir
 
 def sweep_name(sweep_dir: Path) -> str:
     """The ``name`` of the sweep file kept in the sweep directory, else the directory's name."""
-    try:
-        return str(yaml.safe_load(SweepDir(sweep_dir).sweep_file.read_text()).get("name", sweep_dir.name))
-    except (OSError, AttributeError, yaml.YAMLError):
-        return sweep_dir.name
+    return str(SweepDir(sweep_dir).sweep_mapping().get("name", sweep_dir.name))
 
 
 # ------------------------------------------------------------------------------ phase 1: gather

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
 from harness.config import LrTuning
 from harness.runs.layout import SweepDir
@@ -43,11 +42,7 @@ class Selection:
 
 def read_tuning(sweep_dir: str | Path) -> dict[str, Any] | None:
     """The ``lr_tuning`` block of the sweep file kept in the sweep directory (validated), or None."""
-    try:
-        data = yaml.safe_load(SweepDir(sweep_dir).sweep_file.read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        return None
-    block = data.get("lr_tuning") if isinstance(data, dict) else None
+    block = SweepDir(sweep_dir).sweep_mapping().get("lr_tuning")
     if not block:
         return None
     try:

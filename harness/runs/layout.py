@@ -100,6 +100,18 @@ class SweepDir:
     def plan_file(self) -> Path:
         return self.path / PLAN_FILE
 
+    def sweep_mapping(self) -> dict[str, Any]:
+        """The kept sweep file as a plain mapping, unvalidated ({} when missing or unreadable).
+
+        For readers of finished sweeps (the report): a sweep written by an older version still reports.
+        ``harness.config.load_sweep_config`` is the validating reader that planning uses.
+        """
+        try:
+            data = yaml.safe_load(self.sweep_file.read_text())
+        except (OSError, yaml.YAMLError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
     @property
     def slurm_dir(self) -> Path:
         """submitit's folder; ``%j`` in a path is submitit's placeholder for the job id."""
