@@ -99,15 +99,17 @@ def compute_from_hidden(
     *,
     implementation: str = "engine",
     bias: torch.Tensor | None = None,
+    softcap: float | None = None,
     generator: torch.Generator | None = None,
     chunk_size: int | None = None,
     return_draws: bool = False,
     **params: Any,
 ) -> ObjectiveOutput:
-    """Same as ``compute(name, hidden @ weight.T + bias, labels, ...)``; the engine never materialises
-    the logits (one ``[chunk, V]`` tile at a time). See ``engine.compute_from_hidden``."""
+    """Same as ``compute(name, hidden @ weight.T + bias, labels, ...)`` (logits soft-capped as
+    ``softcap * tanh(z / softcap)`` when ``softcap`` is given); the engine never materialises the logits
+    (one ``[chunk, V]`` tile at a time). See ``engine.compute_from_hidden``."""
     return _implementation(implementation).compute_from_hidden(
-        name, hidden, weight, labels, bias=bias, generator=generator, chunk_size=chunk_size,
+        name, hidden, weight, labels, bias=bias, softcap=softcap, generator=generator, chunk_size=chunk_size,
         return_draws=return_draws, **params,
     )  # fmt: skip
 

@@ -27,8 +27,9 @@ Contract
   inverse-CDF images of its uniforms under softmax(z_t / tau). So the draws depend on the generator
   state only, never on ``chunk_size``; ``reference.compute`` follows the same protocol.
 
-``compute_from_hidden(name, hidden, weight, labels, *, bias=None, ...)`` gives the same result from the
-final hidden states and the LM head, computing the logits tile by tile so ``[N, V]`` never exists.
+``compute_from_hidden(name, hidden, weight, labels, *, bias=None, softcap=None, ...)`` gives the same result
+from the final hidden states and the LM head (optionally soft-capped, as Gemma 2/3), computing the logits
+tile by tile so ``[N, V]`` never exists.
 
 How it is computed (why it is as cheap as SFT)
 ----------------------------------------------
@@ -269,7 +270,8 @@ def _scale_(t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
 
 
 class _FusedLinear(torch.autograd.Function):
-    """loss = sum_t L_t(hidden[t] @ W.T + b); logits exist one [chunk, V] tile at a time."""
+    """loss = sum_t L_t(z_t), z_t = hidden[t] @ W.T + b (soft-capped: c * tanh(that / c)); logits exist one
+    [chunk, V] tile at a time (a cap keeps its tanh tile for the chain rule: a third block)."""
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, job):
@@ -285,6 +287,7 @@ class _FusedLinear(torch.autograd.Function):
         acc_dtype = torch.promote_types(weight.dtype, torch.float32)
         grad_w = torch.zeros(vocab, width, dtype=acc_dtype, device=weight.device) if need_w else None
         grad_b = torch.zeros(vocab, dtype=acc_dtype, device=weight.device) if need_b else None
+        cap = job["softcap"]
         cache = {}
 
         def load_z(lo, hi, out):
@@ -297,10 +300,18 @@ class _FusedLinear(torch.autograd.Function):
                     torch.addmm(bias, h, weight.t(), out=out)
             else:
                 out.copy_(torch.nn.functional.linear(h, weight, bias))
+            if cap is not None:  # z = cap * tanh(raw / cap); tanh kept for the backward (chunk 1: largest)
+                if need_grad and "t" not in cache:
+                    cache["t"] = torch.empty_like(out)
+                t = cache["t"][: hi - lo] if need_grad else out
+                torch.mul(torch.div(out, cap, out=t).tanh_(), cap, out=out)
             return targets[lo:hi]
 
         def emit_grad(lo, hi, g):
             h = cache.pop("h")
+            if cap is not None:  # chain rule through the cap: dL/d(raw) = dL/dz * (1 - tanh^2)
+                t = cache["t"][: hi - lo]
+                g.mul_(t.mul_(t).neg_().add_(1.0))
             g = g if g.dtype == weight.dtype else g.to(weight.dtype)
             if need_h:
                 grad_h.index_copy_(0, idx[lo:hi], (g @ weight).to(grad_h.dtype))
@@ -314,7 +325,8 @@ class _FusedLinear(torch.autograd.Function):
 
         loss, sums, draws = _run(
             job["obj"], job["prm"], idx.numel(), vocab, dtype, hidden.device, load_z, emit_grad,
-            need_grad, job["chunk_size"], job["generator"], job["keep_draws"], DEFAULT_TILE_BYTES,
+            need_grad, job["chunk_size"], job["generator"], job["keep_draws"],
+            DEFAULT_TILE_BYTES if cap is None or not need_grad else DEFAULT_TILE_BYTES * 2 // 3,
         )  # fmt: skip
         job.update(sums=sums, n=idx.numel(), draws=draws)
         ctx.grads = [
@@ -390,6 +402,7 @@ def compute_from_hidden(
     labels: torch.Tensor,
     *,
     bias: torch.Tensor | None = None,
+    softcap: float | None = None,
     generator: torch.Generator | None = None,
     chunk_size: int | None = None,
     return_draws: bool = False,
@@ -400,15 +413,20 @@ def compute_from_hidden(
     ``hidden`` [..., H] are the final hidden states (after the last norm), ``weight`` [V, H] (and ``bias``
     [V]) the LM head; ``labels`` [...] aligned with ``hidden``. Only non-ignored positions go through the
     head, ``chunk_size`` rows at a time (default: ~128 MiB per fp32 [chunk, V] tile). Gradients flow to
-    ``hidden``, ``weight`` and ``bias``. The head must be a plain linear map (no logit soft-capping or
-    scaling; use ``compute`` for such models).
+    ``hidden``, ``weight`` and ``bias``. ``softcap`` c > 0 (Gemma 2/3's ``final_logit_softcapping``) makes
+    the logits ``c * tanh((hidden @ weight.T + bias) / c)`` as those models do (the default tile shrinks
+    so that its third block, tanh's, costs no memory). Other logit post-processing (scaling) is not
+    supported: use ``compute`` on the model's logits.
     """
     if hidden.shape[:-1] != labels.shape or hidden.shape[-1] != weight.shape[1]:
         raise ValueError(
             f"hidden {tuple(hidden.shape)}, weight {tuple(weight.shape)} and labels {tuple(labels.shape)} "
             "do not align"
         )
+    if softcap is not None and not (isinstance(softcap, (int, float)) and 0 < softcap < float("inf")):
+        raise ValueError(f"softcap must be a finite number > 0 or None (got {softcap!r})")
     job = _job(name, labels, generator, chunk_size, return_draws, params)
+    job["softcap"] = None if softcap is None else float(softcap)
     grad_on = torch.is_grad_enabled()
     job["need"] = (
         grad_on and hidden.requires_grad,

@@ -177,18 +177,24 @@ def compute_from_hidden(
     labels: torch.Tensor,
     *,
     bias: torch.Tensor | None = None,
+    softcap: float | None = None,
     generator: torch.Generator | None = None,
     chunk_size: int | None = None,
     return_draws: bool = False,
     **params: Any,
 ) -> ObjectiveOutput:
-    """Drop-in for ``engine.compute_from_hidden``: ``compute`` on ``F.linear(hidden, weight, bias)``."""
+    """Drop-in for ``engine.compute_from_hidden``: ``compute`` on ``F.linear(hidden, weight, bias)``,
+    soft-capped as Gemma 2/3 do (``softcap * tanh(logits / softcap)``) when ``softcap`` is given."""
     if hidden.shape[:-1] != labels.shape or hidden.shape[-1] != weight.shape[1]:
         raise ValueError(
             f"hidden {tuple(hidden.shape)}, weight {tuple(weight.shape)} and labels {tuple(labels.shape)} "
             "do not align"
         )
+    if softcap is not None and not (isinstance(softcap, (int, float)) and 0 < softcap < float("inf")):
+        raise ValueError(f"softcap must be a finite number > 0 or None (got {softcap!r})")
     logits = torch.nn.functional.linear(hidden.to(weight.dtype), weight, bias)
+    if softcap is not None:
+        logits = softcap * torch.tanh(logits / softcap)
     return compute(
         name, logits, labels, generator=generator, chunk_size=chunk_size, return_draws=return_draws, **params
     )

@@ -12,6 +12,11 @@ sequences of the whole optimizer step that have at least one response token (aga
 all processes). ``_get_num_items_in_batch`` counts those sequences in place of tokens, with transformers'
 own cross-device reduction, so the two modes differ only in what is counted and in the numerator.
 
+Two training paths compute the same loss (``training_path``): ``logits`` takes ``model(...).logits``
+``[B, T, V]`` and hands them to ``objectives.compute``; ``fused`` asks the model's own forward for the
+objective (``fused.py``: the LM head computes it tile by tile from the final hidden states, so neither the
+logits nor their gradient ever exist). Normalisation, diagnostics and draws are the same on both.
+
 Sampling objectives (OTR) draw from a generator seeded by ``micro_batch_seed`` (run seed, step,
 micro-batch, rank), so a run resumed from a checkpoint redraws exactly what the uninterrupted run drew.
 
@@ -32,10 +37,14 @@ from typing import Any
 
 import torch
 from transformers import Trainer, TrainerCallback
+from transformers.modeling_outputs import CausalLMOutput
 
 from harness import objectives
+from harness.training import fused
 from harness.training.checkpoints import checkpoint_path, read_counters, write_counters
 from harness.training.data import IGNORE_INDEX
+
+TRAINING_PATHS = ("fused", "logits")
 
 
 def micro_batch_seed(run_seed: int, step: int, micro: int, rank: int) -> int:
@@ -53,7 +62,11 @@ def peak_memory_mb() -> float:
 
 
 class ObjectiveTrainer(Trainer):
-    """A ``Trainer`` whose loss is a token-level objective from ``harness.objectives``."""
+    """A ``Trainer`` whose loss is a token-level objective from ``harness.objectives``.
+
+    ``training_path``: ``"logits"`` (default for now) or ``"fused"`` (the model is patched here, before
+    accelerate wraps it; a model whose head cannot be fused raises ``fused.FusedHeadError``, one line).
+    """
 
     # We normalise by the global token count ourselves, so the Trainer must not divide by the number of
     # accumulation steps again.
@@ -66,14 +79,22 @@ class ObjectiveTrainer(Trainer):
         objective_params: dict[str, Any],
         run_seed: int,
         loss_normalization: str = "tokens",
+        training_path: str = "logits",
         **kwargs,
     ):
-        super().__init__(*args, **kwargs)
         if loss_normalization not in ("tokens", "sequences"):
             raise ValueError(
                 f"loss_normalization must be 'tokens' or 'sequences', got {loss_normalization!r}"
             )
+        if training_path not in TRAINING_PATHS:
+            raise ValueError(
+                f"training_path must be one of {', '.join(TRAINING_PATHS)}, got {training_path!r}"
+            )
+        super().__init__(*args, **kwargs)
         self.loss_normalization = loss_normalization
+        self.training_path = training_path
+        if training_path == "fused":  # before accelerate wraps the model (in train())
+            fused.enable_fused_objective(self.model)
         self.objective_name = objective_name
         self.objective_params = objective_params
         self.run_seed = run_seed
@@ -122,17 +143,24 @@ class ObjectiveTrainer(Trainer):
                 self.objective_name, logits, labels, generator=generator, **self.objective_params
             )
             return out.loss, out
-        # sequences: the objective per sequence (one call per row, same generator in row order), each
-        # row's sum divided by its own response tokens; rows without response tokens contribute nothing.
+        # sequences: the objective per sequence (one call per row, same generator in row order)
         rows = [
             objectives.compute(
                 self.objective_name, logits[i], labels[i], generator=generator, **self.objective_params
             )
             for i in range(labels.shape[0])
         ]
+        return self._per_sequence(rows)
+
+    @staticmethod
+    def _per_sequence(
+        rows: list[objectives.ObjectiveOutput],
+    ) -> tuple[torch.Tensor, objectives.ObjectiveOutput]:
+        """``sequences`` numerator: each row's sum divided by its own response tokens, summed over rows;
+        rows without response tokens contribute nothing (an all-empty micro-batch gives a graph-connected 0)."""
         numerator = sum(r.loss / r.num_tokens for r in rows if r.num_tokens > 0)
         if not torch.is_tensor(numerator):  # no response token in this micro-batch
-            numerator = logits.sum() * 0.0
+            numerator = sum(r.loss for r in rows) * 0.0
         merged = objectives.ObjectiveOutput(
             loss=sum(r.loss.detach() for r in rows),
             num_tokens=sum(r.num_tokens for r in rows),
@@ -140,13 +168,31 @@ class ObjectiveTrainer(Trainer):
         )
         return numerator, merged
 
+    def _fused_objective(
+        self, model: torch.nn.Module, inputs: dict[str, Any], labels: torch.Tensor
+    ) -> tuple[torch.Tensor, objectives.ObjectiveOutput]:
+        """``_objective`` through the model's own forward (``fused.py``): same draws, same numerator.
+
+        The generator lives on the LM head's device, where ``_objective``'s logits would be."""
+        generator = self._generator(fused.fused_head(model).weight.device)
+        per_sequence = self.loss_normalization == "sequences"
+        spec = fused.FusedObjective(
+            self.objective_name, labels, self.objective_params, generator, per_sequence=per_sequence
+        )
+        result = model(**inputs, use_cache=False, fused_objective=spec)
+        return self._per_sequence(result) if per_sequence else (result.loss, result)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.pop("shift_labels")
         inputs.pop("labels", None)  # we compute the loss; the model must not
         # No KV cache in training; transformers also reads packed examples' boundaries from position_ids
         # only when there is no cache (and no attention mask).
-        outputs = model(**inputs, use_cache=False)
-        numerator, out = self._objective(outputs.logits, labels)
+        if self.training_path == "fused":
+            numerator, out = self._fused_objective(model, inputs, labels)
+            outputs = CausalLMOutput()  # no logits on this path (filled with the loss below)
+        else:
+            outputs = model(**inputs, use_cache=False)
+            numerator, out = self._objective(outputs.logits, labels)
         if num_items_in_batch is None:  # e.g. a lone evaluation batch: normalise by its own items
             num_items_in_batch = (
                 out.num_tokens
@@ -161,6 +207,8 @@ class ObjectiveTrainer(Trainer):
 
         if model.training:
             self._accumulate(out)
+        if return_outputs and self.training_path == "fused":
+            outputs["loss"] = loss
         return (loss, outputs) if return_outputs else loss
 
     def _accumulate(self, out: objectives.ObjectiveOutput) -> None:
