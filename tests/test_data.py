@@ -89,6 +89,21 @@ def test_prompt_response_jsonl(tmp_path, tok):
     assert stats["num_truncated"] == 1
 
 
+def test_all_prompt_examples_stop_the_run_unless_dropped(tmp_path, tok):
+    rows = [{"q": "1 + 2?", "a": "3"}, {"q": "a much longer question " * 8, "a": "4"}]
+    path = write_jsonl(tmp_path / "pr.jsonl", rows)
+    cfg = DatasetConfig(path=path, prompt_field="q", response_field="a", max_length=12)
+    with pytest.raises(ConfigError, match=r"example 1 of .* all prompt after truncation.*drop_all_prompt"):
+        build_dataset(cfg, path, tok)
+    stats: dict = {}
+    ds = build_dataset(cfg.model_copy(update={"drop_all_prompt": True}), path, tok, stats)
+    assert len(ds) == 1 and stats["num_no_response"] == 1 and ds[0]["labels"][-1] == tok.eos_token_id
+    # Dropping cannot leave nothing to train on: every example all prompt still stops the run.
+    short = cfg.model_copy(update={"drop_all_prompt": True, "max_length": 2})
+    with pytest.raises(ConfigError, match="all prompt after truncation"):
+        build_dataset(short, path, tok)
+
+
 def _messages_error(tmp_path, tok, rows, **cfg_kwargs) -> str:
     path = write_jsonl(tmp_path / "bad.jsonl", rows)
     cfg = DatasetConfig(

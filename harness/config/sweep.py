@@ -23,6 +23,7 @@ from harness.config.schema import ConfigError, DatasetConfig, EvalConfig, RunCon
 from harness.config.suites import load_suite
 from harness.config.sweep_schema import SweepConfig
 from harness.config.training_args import training_value_problem
+from harness.config.training_checks import range_problem
 
 
 def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -115,7 +116,8 @@ _LR_KEY = "training.learning_rate"
 
 
 def _check_training_types(training: Any, source: str, where: Callable[[str], str]) -> None:
-    """Type-check ``training:`` values against TrainingArguments' annotations at plan time, not at step 0.
+    """Type-check ``training:`` values against TrainingArguments' annotations at plan time, not at step 0,
+    then range-check the common ones (``training_checks``).
 
     A string where the field takes no string is rejected even when it would parse (see
     ``training_value_problem``). Values are not rewritten, so run ids (config hashes) stay what they were.
@@ -129,6 +131,9 @@ def _check_training_types(training: Any, source: str, where: Callable[[str], str
             problem = training_value_problem.__wrapped__(key, value)
         if problem:
             raise ConfigError(f"{source}: field '{where(key)}': {problem}")
+        problem = range_problem(key, value)  # well typed; is it in range? (lr > 0, batch size >= 1, ...)
+        if problem:
+            raise ConfigError(f"{source}: field '{where(key)}': {problem} (got {value!r})")
 
 
 def _check_lr_tuning(sweep: SweepConfig, source: str) -> None:
@@ -171,6 +176,18 @@ def _check_lr_tuning(sweep: SweepConfig, source: str) -> None:
         )
 
 
+def _check_suites(cfg: RunConfig, source: str, field: str, loaded: set[str]) -> None:
+    """Every evaluation suite of a run exists and is valid, at plan time (not when its evaluation starts)."""
+    for name in cfg.eval.suites:
+        if name in loaded:
+            continue
+        try:
+            load_suite(name)
+        except ConfigError as e:
+            raise ConfigError(f"{source}: field '{field}': {e}") from None
+        loaded.add(name)
+
+
 def expand_sweep(sweep: SweepConfig, source: str = "<sweep>") -> list[RunSpec]:
     """Expand a sweep into RunSpecs (no side effects). Every run config is validated here.
 
@@ -191,9 +208,11 @@ def expand_sweep(sweep: SweepConfig, source: str = "<sweep>") -> list[RunSpec]:
         )
         base.setdefault("toy", sweep.toy.model_dump() if edited else sweep.toy)
     specs: list[RunSpec] = []
+    suites_ok: set[str] = set()  # suite files already read (each distinct one is read once)
     if sweep.evaluate_base:
         base_cfg = {k: v for k, v in base.items() if k in {"model", "eval", "toy"}}
         specs.append(RunSpec(parse_run_config(base_cfg, source, "base"), "base"))
+        _check_suites(specs[-1].config, source, "base.eval.suites", suites_ok)
     swept_blocks = {key.partition(".")[0] for point in points for key, _ in point}
     for vname, override in variants.items():
         merged = _deep_merge(base, override)
@@ -227,6 +246,7 @@ def expand_sweep(sweep: SweepConfig, source: str = "<sweep>") -> list[RunSpec]:
 
             _check_training_types(cfg.get("training"), source, where)
             first = parse_run_config({**cfg, "seed": sweep.seeds[0]}, source, f"variants.{vname}")
+            _check_suites(first, source, f"variants.{vname}.eval.suites", suites_ok)
             if sweep.lr_tuning is not None and sweep.lr_tuning.select.suite not in first.eval.suites:
                 raise ConfigError(
                     f"{source}: field 'variants.{vname}.eval.suites': lr_tuning selects on suite "

@@ -2,16 +2,20 @@
 
 ``plan(FILE)`` validates and expands the sweep (``harness.config``: no torch, transformers or lm-eval is
 imported, so re-planning even a 10,000-run grid takes a second or two) and looks at, but never touches,
-the run directories. Executing the plan is ``harness.execution.sweep``'s job.
+the run directories. A run whose stages are marked done but whose outputs do not read back is ``corrupt``
+(``harness.runs.integrity``; ``PlannedRun.check`` names the files). Executing the plan is
+``harness.execution.sweep``'s job.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Sequence
 from pathlib import Path
 
 from harness.config import RunSpec, SweepConfig, expand_sweep, load_sweep_config
+from harness.runs import integrity
 from harness.runs.layout import RunDir, SweepDir, stages_for
 
 
@@ -35,8 +39,18 @@ class PlannedRun:
         return stages_of(self.spec)
 
     @property
+    def suites(self) -> list[str]:
+        """The directories (``eval/<suite>``) this run's evaluation writes."""
+        return [integrity.suite_dir_name(s) for s in self.spec.config.eval.suites]
+
+    def check(self) -> tuple[str, list[integrity.Problem]]:
+        """(status, problems): ``corrupt`` with the files when a done stage's output does not read back,
+        else done / failed / partial / pending and no problems. Reads the run directory every call."""
+        return integrity.run_status(self.run, self.stages, self.suites)
+
+    @property
     def status(self) -> str:
-        return self.run.status(self.stages)
+        return self.check()[0]
 
 
 @dataclasses.dataclass
@@ -45,6 +59,7 @@ class Plan:
     source: Path
     out_dir: Path
     runs: list[PlannedRun]
+    overrides: tuple[str, ...] = ()  # --set KEY=VALUE, applied to the file (harness.config.overrides)
 
     def counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -53,12 +68,13 @@ class Plan:
         return counts
 
 
-def plan(sweep_file: str | Path, out_dir: str | Path | None = None) -> Plan:
-    """Validate and expand a sweep file; look at (but never touch) the run directories."""
-    sweep = load_sweep_config(sweep_file)
-    specs = expand_sweep(sweep, str(sweep_file))
+def plan(sweep_file: str | Path, out_dir: str | Path | None = None, overrides: Sequence[str] = ()) -> Plan:
+    """Validate and expand a sweep file, with ``--set KEY=VALUE`` ``overrides`` applied; look at (but
+    never touch) the run directories."""
+    sweep = load_sweep_config(sweep_file, overrides)
+    specs = expand_sweep(sweep, f"{sweep_file} (with --set)" if overrides else str(sweep_file))
     out = Path(out_dir or sweep.output_dir or Path("runs") / sweep.name)
-    return Plan(sweep, Path(sweep_file), out, [PlannedRun(s, out) for s in specs])
+    return Plan(sweep, Path(sweep_file), out, [PlannedRun(s, out) for s in specs], tuple(overrides))
 
 
 def load_plan_from_dir(sweep_dir: str | Path) -> Plan:

@@ -1,10 +1,11 @@
 """Execute one run: the single path every executor takes (local threads and SLURM array tasks alike).
 
 ``execute_run`` takes the run's lock (``harness.runs.io.file_lock`` on ``RunDir.lock_file``: a second
-process reaching the same run skips it as busy), removes what a killed attempt left behind, and runs each
-pending stage in its own subprocess (the command of ``harness.execution.launch.stage_command``) with its own
-log. A stage that is already done is skipped; a stage that fails is marked failed with its traceback (or,
-when the process was killed before it could, with the tail of its log), and later stages are not run.
+process reaching the same run skips it as busy), removes what a killed attempt left behind, sets aside what
+a done stage wrote that does not read back (``repair``: the stage is redone), and runs each pending stage
+in its own subprocess (the command of ``harness.execution.launch.stage_command``) with its own log. A stage
+that is already done is skipped; a stage that fails is marked failed with its traceback (or, when the
+process was killed before it could, with the tail of its log), and later stages are not run.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -22,8 +23,9 @@ from harness.config import ConfigError, load_run_config
 from harness.execution.launch import stage_command, train_command
 from harness.execution.plan import PlannedRun
 from harness.execution.worker import run_stage
+from harness.runs import integrity
 from harness.runs.io import atomic_write_json, file_lock, remove_stale_temps
-from harness.runs.layout import TRAIN, RunDir
+from harness.runs.layout import EVAL, TRAIN, RunDir
 from harness.runs.provenance import environment
 
 Outcome = Literal["done", "failed", "busy", "stopped"]
@@ -51,6 +53,28 @@ def prepare(p: PlannedRun, sweep_name: str) -> None:
     """``freeze`` plus removing what a killed attempt left behind; only while holding the run's lock."""
     remove_stale_temps(p.run.path)
     freeze(p, sweep_name)
+
+
+def repair(run: RunDir, stages: tuple[str, ...], suites: list[str] | None = None) -> list[tuple[str, str]]:
+    """Set aside what the run's stages wrote that does not read back, so that those stages run again.
+
+    Only while holding the run's lock. Checks every done stage, and the suites an unfinished evaluation
+    already wrote (the worker keeps those). Each damaged output goes to ``<run>/corrupt/<time>/`` (kept for
+    inspection) and its stage loses its done marker. Returns (stage, line) per problem; the line names
+    the file, why, and where it went.
+    """
+    suites = integrity.configured_suites(run) if suites is None else suites
+    problems = integrity.run_problems(run, stages, suites)
+    if EVAL in stages and not run.is_done(EVAL):
+        written = [s for s in suites if run.results_file(s).exists()]
+        problems += integrity.eval_problems(run, written)
+    moved = dict(integrity.set_aside(problems))
+    lines = []
+    for p in problems:
+        dest = moved.get(p.aside)
+        where = f"; moved aside to {dest.relative_to(run.path).as_posix()}" if dest else ""
+        lines.append((p.stage, f"corrupt {p.line()}{where}; redoing {p.stage}"))
+    return lines
 
 
 def _run_stage(run: RunDir, stage: str, env: dict[str, str] | None = None) -> bool:
@@ -102,6 +126,12 @@ def execute_run(
         if not held:
             return "busy"
         remove_stale_temps(run.path)  # safe: the lock says nobody else writes here
+        repaired = repair(run, stages)
+        if repaired:  # said in the log of the stage that is redone (`sweep run` also echoes it)
+            run.logs_dir.mkdir(parents=True, exist_ok=True)
+            for stage, line in repaired:
+                with run.log_file(stage).open("a") as log:
+                    log.write(line + "\n")
         for stage in stages:
             if run.is_done(stage):
                 continue
@@ -116,14 +146,24 @@ def execute_run(
     return "done"
 
 
-def train_standalone(config_file: str | Path, out_dir: str | Path) -> int:
+def train_standalone(config_file: str | Path, out_dir: str | Path, overrides: Sequence[str] = ()) -> int:
     """``otr-harness train CONFIG --out DIR``: one training run outside a sweep, in this process (or under
-    ``accelerate launch`` when the config has a ``launcher:``). Returns the exit code; prints the model."""
-    cfg = load_run_config(config_file)
+    ``accelerate launch`` when the config has a ``launcher:``). Returns the exit code; prints the model.
+
+    The run's ``TrainingArguments``, optimizer and data are checked first (``recipe.preflight``): a bad
+    value or data file is a ``ConfigError`` naming the config file and the field, and nothing is written.
+    """
+    cfg = load_run_config(config_file, overrides)  # --set KEY=VALUE applied (harness.config.overrides)
     if not cfg.is_training:
         raise ConfigError(
             f"{config_file}: field 'objective': required to train (e.g. objective: {{name: sft}})"
         )
+    from harness.training import recipe  # the direction execution -> training is the allowed one
+
+    try:
+        recipe.preflight(cfg)
+    except ConfigError as e:
+        raise ConfigError(f"{config_file}: {e}") from None
     run = RunDir(out_dir)
     run.write_config(cfg)
     if cfg.launcher is None:

@@ -9,7 +9,10 @@
   escapes it).
 
 Run directories are read as ``harness.runs.layout`` lays them out; a run that is pending, failed or half
-written contributes what it has (or nothing) and is listed by status, never a crash.
+written contributes what it has (or nothing) and is listed by status, never a crash. A file that does not
+read back (``harness.runs.integrity``: a results.json cut off, a samples log missing, a summary that is not
+JSON) is never averaged around: the run's status is ``corrupt``, that suite contributes no row, and
+``collect(..., problems=[...])`` names every such file so that the report can say so first.
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ import yaml
 
 from harness.config import TRAINING_DEFAULTS
 from harness.objectives import validate_params
+from harness.runs import integrity
 from harness.runs.io import read_jsonl
-from harness.runs.layout import RESULTS_FILE, RunDir, SweepDir, stages_for
+from harness.runs.layout import EVAL, RESULTS_FILE, RunDir, SweepDir, stages_for
 
 # Columns of the tidy table, in this order; the knob columns (param_*, training_*) go between.
 RUN_COLUMNS = ["run_id", "method", "variant", "objective", "seed", "model", "dataset", "learning_rate"]
@@ -52,8 +56,13 @@ def _default_lr() -> float:
     return float(TRAINING_DEFAULTS["learning_rate"])
 
 
-def run_info(run_path: Path, order: int = 0) -> dict[str, Any]:
-    """One run's identity, knobs and status, from its config.yaml, meta.json and status markers."""
+def run_info(
+    run_path: Path, order: int = 0, problems: list[integrity.Problem] | None = None
+) -> dict[str, Any]:
+    """One run's identity, knobs and status, from its config.yaml, meta.json and status markers.
+
+    ``problems``: its outputs that do not read back (``run_problems``); any makes the status ``corrupt``.
+    """
     run = RunDir(run_path)
     try:
         cfg = yaml.safe_load(run.config_file.read_text()) or {}
@@ -87,10 +96,31 @@ def run_info(run_path: Path, order: int = 0) -> dict[str, Any]:
     stages = stages_for(not is_base)
     status = run.status(stages)
     failure = next((run.failure(s) for s in stages if run.is_failed(s)), None)
-    info["status"] = status
+    info["status"] = "corrupt" if problems else status
     info["error"] = _last_line(failure) if failure else None
+    if problems:
+        info["error"] = f"{problems[0].relpath}: {problems[0].reason}"
     info["order"] = order
     return info
+
+
+def run_problems(run_path: Path) -> list[integrity.Problem]:
+    """What the report would read from this run that does not read back: the outputs of its done stages
+    (the summary of a trained run, every suite's results and samples; never the model weights), and every
+    other results.json present (an unfinished evaluation's suites are read too)."""
+    run = RunDir(run_path)
+    try:
+        cfg = yaml.safe_load(run.config_file.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        cfg = {}
+    stages = stages_for(bool(isinstance(cfg, dict) and cfg.get("objective")))
+    suites = integrity.configured_suites(run)
+    problems = integrity.run_problems(run, stages, suites, model=False)
+    checked = set(suites) if run.is_done(EVAL) else set()
+    for results_file in sorted(run.eval_root.glob(f"*/{RESULTS_FILE}")):
+        if results_file.parent.name not in checked:
+            problems += integrity.suite_problems(run, results_file.parent.name)
+    return problems
 
 
 def _last_line(text: str) -> str:
@@ -130,12 +160,16 @@ def _config_dirs(sweep_dir: Path) -> set[Path]:
     return {r.path for r in SweepDir(sweep_dir).run_dirs()}
 
 
-def collect(sweep_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+def collect(
+    sweep_dir: str | Path, problems: list[integrity.Problem] | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Read every run directory below ``sweep_dir``.
 
     Returns ``(results, runs)``: the tidy results table (one row per run × task) and one row per run with
-    its knobs, status (done / partial / pending / failed) and the last line of a failure. Planned runs that
-    have no directory yet are listed as pending.
+    its knobs, status (done / partial / pending / failed / corrupt) and the last line of a failure (of a
+    corrupt run: its first unreadable file and why). Planned runs that have no directory yet are listed as
+    pending. A suite whose files do not read back contributes no row; ``problems``, when given, receives
+    every such file (``integrity.Problem``).
     """
     sweep_dir = Path(sweep_dir)
     order = _planned_order(sweep_dir)
@@ -143,11 +177,17 @@ def collect(sweep_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     rows: list[dict[str, Any]] = []
     seen = set()
     for i, run_path in enumerate(run_dirs(sweep_dir)):
-        info = run_info(run_path, order.get(run_path.name, len(order) + i))
+        found = run_problems(run_path)
+        if problems is not None:
+            problems += found
+        info = run_info(run_path, order.get(run_path.name, len(order) + i), found)
         runs.append(info)
         seen.add(info["run_id"])
         knobs = {k: v for k, v in info.items() if k not in ("status", "error", "order")}
+        unreadable = {p.aside.name for p in found if p.stage == EVAL}  # the suite directories
         for results_file in sorted(RunDir(run_path).eval_root.glob(f"*/{RESULTS_FILE}")):
+            if results_file.parent.name in unreadable:  # never average around a hole: named instead
+                continue
             res = _read_json(results_file)
             for task, r in (res.get("tasks") or {}).items():
                 rows.append(
@@ -161,6 +201,7 @@ def collect(sweep_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
                         "value": r.get("value"),
                         "stderr": r.get("stderr"),
                         "n": r.get("n"),
+                        **({"sandbox": r["sandbox"]} if r.get("sandbox") else {}),  # code tasks: the layer
                     }
                 )
     for run_id, i in order.items():  # planned, but not even a directory yet
@@ -178,7 +219,9 @@ def collect(sweep_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     results = pd.DataFrame(rows)
     if not results.empty:
         knob_cols = sorted(c for c in results.columns if c.startswith(("param_", "training_")))
-        results = results[RUN_COLUMNS + knob_cols + RESULT_COLUMNS]
+        results = results[
+            RUN_COLUMNS + knob_cols + RESULT_COLUMNS + [c for c in ("sandbox",) if c in results]
+        ]
     return results, runs_df
 
 

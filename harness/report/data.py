@@ -1,7 +1,8 @@
 """The first two phases of ``render``: what a report is made of, read once and computed once.
 
 * ``gather`` (phase 1): the run directories as frames (``collect``), validation rows set apart, and in an
-  lr-tuned sweep each method's learning rate picked on validation (``tuning``): a ``Collected``.
+  lr-tuned sweep each method's learning rate picked on validation (``tuning``), and every file that did
+  not read back (``Collected.unreadable``): a ``Collected``.
 * ``compute`` (phase 2): the main table (aggregated once, in report row order), the reference methods
   (SFT, base), the paired bootstrap, matching published numbers, training logs, compute accounting,
   forgetting, example generations and the other sweep of a comparison: a ``Computed``.
@@ -56,11 +57,13 @@ class Collected:
     runs: pd.DataFrame  # the runs compared (same selection as ``results``)
     selection: tuning.Selection | None  # the lr selection of a tuned sweep
     stale: list[Path]  # run directories the plan does not list (left out, named in the Runs section)
+    unreadable: list[str]  # one line per file that did not read back (``integrity.Problem.line``)
 
 
 def gather(sweep_dir: Path) -> Collected:
     """Read the sweep directory; set validation rows apart; apply the lr selection of a tuned sweep."""
-    results, runs = collect(sweep_dir)
+    problems: list = []
+    results, runs = collect(sweep_dir, problems)
     # Validation-split rows (model selection, e.g. the lr) are never results: set apart here.
     is_val = results["split"].eq("val") if not results.empty else pd.Series(dtype=bool)
     val, test = (results[is_val], results[~is_val]) if not results.empty else (results, results)
@@ -77,6 +80,7 @@ def gather(sweep_dir: Path) -> Collected:
         runs=picked_runs,
         selection=selection,
         stale=stale_run_dirs(sweep_dir),
+        unreadable=[p.line() for p in problems],
     )
 
 
@@ -88,6 +92,7 @@ class Comparison:
     path: Path
     name: str
     table: pd.DataFrame
+    unreadable: list[str]  # its files that did not read back, as ``Collected.unreadable``
 
 
 @dataclass
@@ -166,7 +171,9 @@ def _significance(
 
 def _comparison(compare: Path) -> Comparison:
     """The other sweep's main table, its methods in its own plan order."""
-    results, runs = collect(compare)
+    problems: list = []
+    results, runs = collect(compare, problems)
     methods = list(dict.fromkeys(runs["method"])) if not runs.empty else []
     table = main_table(results, methods) if not results.empty else pd.DataFrame()
-    return Comparison(path=compare, name=sweep_name(compare), table=table)
+    unreadable = [f"{compare}: {p.line()}" for p in problems]
+    return Comparison(path=compare, name=sweep_name(compare), table=table, unreadable=unreadable)

@@ -7,6 +7,10 @@ rendering twice gives byte-identical files. Every string that comes from a run (
 model generations) is escaped: by jinja2's autoescape in HTML, and in Markdown by escaping table cells and
 putting generations in code fences.
 
+A run file that does not read back (``harness.runs.integrity``) is never averaged around: the report opens
+with an "Unreadable runs" section naming each such file and why, and ``render``'s result lists them
+(``Rendered.unreadable``) so that the command can say so on stderr and exit non-zero.
+
 ``render`` is a recipe of named phases, each reading only what the phases before produced:
 
 1. ``gather``: the run directories as frames, validation rows apart, the lr selection (``data``);
@@ -31,10 +35,17 @@ from harness.report.data import Collected, Computed, compute, gather
 from harness.report.markup import md_text
 from harness.report.sections import Figures, Section
 from harness.report.stats import N_BOOT
-from harness.runs.io import atomic_write_text
+from harness.runs.io import atomic_write_text, remove_stale_temps
 from harness.runs.layout import REPORT_FILES
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "report_templates"
+
+
+class Rendered(dict[str, Path]):
+    """The output paths (keys ``csv``, ``md``, ``html``) and ``unreadable``: one line per run file that did
+    not read back (this sweep's and a compared sweep's), empty when every file read back."""
+
+    unreadable: list[str]
 
 
 def render(
@@ -50,10 +61,11 @@ def render(
 
     ``compare``: a second sweep directory shown beside this one (methods matched by name).
     ``reference_dir``: published numbers (default ``evaluation/reference``). Returns the output paths
-    (keys ``csv``, ``md``, ``html``).
+    (keys ``csv``, ``md``, ``html``) with the unreadable files (``Rendered``).
     """
     sweep_dir, out_dir = Path(sweep_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out_dir, recursive=False)  # what a render killed between write and rename left
     ref_dir = Path(reference_dir) if reference_dir is not None else reference.default_dir()
     compare = Path(compare) if compare is not None else None
 
@@ -63,7 +75,13 @@ def render(
     figures = _draw_figures(collected, computed, out_dir)
     report_sections = _sections(collected, computed, figures, n_boot=n_boot, seed=seed)
     _write_documents(collected, sweep_dir, report_sections, figures, out_dir)
-    return {key: out_dir / REPORT_FILES[key] for key in ("csv", "md", "html")}
+    rendered = Rendered({key: out_dir / REPORT_FILES[key] for key in ("csv", "md", "html")})
+    rendered.unreadable = _unreadable(collected, computed)
+    return rendered
+
+
+def _unreadable(c: Collected, k: Computed) -> list[str]:
+    return c.unreadable + (k.comparison.unreadable if k.comparison is not None else [])
 
 
 # ----------------------------------------------------------------------------------- 2. tables
@@ -154,6 +172,7 @@ def _ablation_figures(c: Collected, k: Computed, out_dir: Path) -> Figures:
 # --------------------------------------------------------------------------------- 5. sections
 def _sections(c: Collected, k: Computed, figures: Figures, *, n_boot: int, seed: int) -> list[Section]:
     """The report's sections in order; a section that does not apply to this sweep is left out."""
+    first = [sections.unreadable(_unreadable(c, k))]
     if k.table.empty:
         scored = [sections.no_results()]
     else:
@@ -169,10 +188,11 @@ def _sections(c: Collected, k: Computed, figures: Figures, *, n_boot: int, seed:
         sections.compute(k.summaries, k.sft, figures),
         sections.forgetting(k.forget, k.base, figures),
         sections.examples(k.examples),
+        sections.code_execution(c.results),
         sections.comparison(k.table, c.name, k.comparison),
         sections.runs(c.all_runs, c.stale),
     ]
-    return [s for s in [*scored, *rest] if s is not None]
+    return [s for s in [*first, *scored, *rest] if s is not None]
 
 
 # -------------------------------------------------------------------------------- 6. documents

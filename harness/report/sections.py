@@ -53,6 +53,26 @@ def fig(figures: Figures, stem: str, title: str) -> Block | None:
     return {"type": "figure", "stem": stem, "file": path.name, "title": title} if path else None
 
 
+# ---------------------------------------------------------------------------------- unreadable
+def unreadable(lines: list[str]) -> Section | None:
+    """First in the report when any run's files did not read back: each file and why. Those files
+    contribute nothing to any table or mean below (``collect``); ``sweep run`` redoes their stages."""
+    if not lines:
+        return None
+    runs = sorted({line.split(" [", 1)[0] for line in lines})
+    return section(
+        "unreadable",
+        "Unreadable runs",
+        p(
+            f"{len(runs)} run(s) have files that do not read back (cut off, missing or not valid JSON); what "
+            "they hold is left out of every table and mean below, so those means have fewer seeds than "
+            "planned. Run 'otr-harness sweep run' on the sweep file to redo those stages (the damaged files "
+            "are moved aside into <run>/corrupt/), then report again."
+        ),
+        *[p(line) for line in lines],
+    )
+
+
 # ------------------------------------------------------------------------------------- results
 def no_results() -> Section:
     return section("main", "Main table", p("No evaluation results yet."))
@@ -218,6 +238,19 @@ def _examples_md(items: list[dict[str, Any]]) -> str:
                 f"score {r['score']:g}:\n\n" + fence(r["response"]) + "\n"
             )
     return "\n".join(out)
+
+
+def code_execution(results: pd.DataFrame) -> Section | None:
+    """One line: the sandbox layer model-written code ran in, per task (results.json); None if none ran."""
+    if "sandbox" not in results or results["sandbox"].isna().all():
+        return None
+    layers = (
+        results.dropna(subset=["sandbox"]).groupby("task")["sandbox"].agg(lambda s: "/".join(sorted(set(s))))
+    )
+    used = ", ".join(f"{task}: {layer}" for task, layer in layers.items())
+    return section(
+        "sandbox", "Code execution", p(f"Model-written code ran in (harness/eval/sandbox.py): {used}.")
+    )
 
 
 # ------------------------------------------------------------------------------- sweep, runs

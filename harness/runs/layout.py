@@ -20,6 +20,8 @@
         eval/<suite>/samples_<task>.jsonl   per-document logs (``samples_<task>@<i>.jsonl``: Avg@k run i)
         eval/logs/eval.log           ``otr-harness eval DIR`` only: its log
         status/<stage>.done | <stage>.failed (the failure's traceback)
+        corrupt/<time>/<path>        outputs of a done stage that did not read back, set aside by ``sweep run``
+                                     (``harness.runs.integrity``) before it redid the stage
 
 A report directory holds results.csv, validation.csv, selection.csv, report.md, report.html (and
 results.parquet when pyarrow is installed).
@@ -47,6 +49,12 @@ CONFIG_FILE = "config.yaml"
 CHECKPOINT_PREFIX = "checkpoint-"
 COUNTERS_FILE = "harness_counters.json"  # inside a checkpoint: the harness's token counters
 RESULTS_FILE = "results.json"
+CORRUPT_DIR = "corrupt"  # outputs that did not read back, kept for inspection (harness.runs.integrity)
+# Inside a Hugging Face model directory (train/final, train/adapter): what integrity checks look for.
+MODEL_CONFIG_FILES = ("config.json", "adapter_config.json")  # a model's / a LoRA adapter's config
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
+WEIGHT_INDEX_SUFFIX = ".index.json"  # a sharded checkpoint's index: {"weight_map": {tensor: shard file}}
+NOT_WEIGHTS = ("training_args.bin",)  # written by Trainer.save_model beside the weights
 REPORT_FILES = {
     "csv": "results.csv",
     "validation": "validation.csv",
@@ -197,6 +205,11 @@ class RunDir:
         return self.eval_dir(suite) / samples_file_name(task, run_index)
 
     @property
+    def corrupt_dir(self) -> Path:
+        """``corrupt/``: outputs that did not read back, moved aside before their stage was redone."""
+        return self.path / CORRUPT_DIR
+
+    @property
     def failure_dir(self) -> Path:
         """``status/``: the stage markers (``<stage>.done``, ``<stage>.failed`` with the traceback)."""
         return self.path / "status"
@@ -236,6 +249,10 @@ class RunDir:
 
     def clear_failure(self, stage: str) -> None:
         self._marker(stage, "failed").unlink(missing_ok=True)
+
+    def clear_done(self, stage: str) -> None:
+        """Forget that ``stage`` finished (its outputs did not read back: it must run again)."""
+        self._marker(stage, "done").unlink(missing_ok=True)
 
     def status(self, stages: tuple[str, ...] = STAGES) -> str:
         """'done' when every stage is done, 'failed' when any failed, 'partial'/'pending' otherwise."""

@@ -17,9 +17,12 @@ Contract of a tokenized example: ``input_ids`` (prompt + response + EOS, truncat
 the Hugging Face convention (unshifted; a causal LM predicts ``labels[t+1]`` from position ``t``).
 The collator adds ``shift_labels`` (labels aligned with the logits) for the objectives.
 
-Validation happens here, before any model is loaded: a missing field, a null or empty response, a
-conversation without an assistant turn and an empty dataset are ``ConfigError``s naming the field and the
-example index.
+Validation happens here, before any model is loaded, and every problem is one ``ConfigError`` line naming
+the file, the field, the example index (or byte offset) and what to do: a file that is not UTF-8, not JSON
+or not the format its suffix says (``datacheck``), a split the dataset does not have, an empty dataset, a
+missing field, a null or empty response, a dict or list where text is expected, a conversation without an
+assistant turn, a chat template that fails to render, and examples left without any response token by
+truncation to ``max_length`` (they would train on nothing).
 
 Packing (``packing: true``) is padding-free: ``PackingCollator`` concatenates a micro-batch into one row
 with ``position_ids`` restarting at 0 for every example and no attention mask (transformers'
@@ -32,7 +35,9 @@ packing (it needs per-example rows).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +45,7 @@ import torch
 from transformers import DataCollatorWithFlattening
 
 from harness.config import LOCAL_DATA_SUFFIXES, ConfigError, DatasetConfig
+from harness.training.datacheck import check_file
 
 log = logging.getLogger(__name__)
 
@@ -49,27 +55,65 @@ _LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".cs
 assert set(_LOCAL_FORMATS) == LOCAL_DATA_SUFFIXES
 
 
-def _is_blank(path: Path) -> bool:
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 16):
-            if chunk.strip():
-                return False
-    return True
+@contextlib.contextmanager
+def quiet_datasets() -> Iterator[None]:
+    """No progress bars and no log records from ``datasets`` inside the block (restored after): a check
+    that fails must end in its one line, not after a progress bar and a logged copy of the error."""
+    import datasets
+
+    bars_off = not datasets.is_progress_bar_enabled()
+    logger = logging.getLogger("datasets")
+    level = logger.level
+    datasets.disable_progress_bars()
+    logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+        if not bars_off:
+            datasets.enable_progress_bars()
+
+
+def _root_message(e: BaseException) -> str:
+    """The first line of the innermost cause (``datasets`` wraps the real error in a generic one)."""
+    while e.__cause__ is not None or (e.__context__ is not None and not e.__suppress_context__):
+        e = e.__cause__ or e.__context__  # type: ignore[assignment]
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:300]
 
 
 def load_raw(cfg: DatasetConfig, path: str):
-    """Load the split as a ``datasets.Dataset``. ``path`` is ``cfg.path`` with any toy ref resolved."""
+    """Load the split as a ``datasets.Dataset``. ``path`` is ``cfg.path`` with any toy ref resolved.
+
+    A local file is checked first (``datacheck.check_file``); whatever ``datasets`` still raises becomes
+    one ``ConfigError`` line: a split the dataset does not have names ``dataset.split``, anything else
+    ``dataset.path``.
+    """
     import datasets
 
     suffix = Path(path).suffix.lower()
-    if suffix in _LOCAL_FORMATS:
-        if not Path(path).is_file():
-            raise ConfigError(f"dataset.path: file not found: {path}")
-        if _is_blank(Path(path)):  # datasets fails on an empty file with a bare StopIteration
-            raise ConfigError(f"dataset.path: {path} (split '{cfg.split}') has no examples")
-        ds = datasets.load_dataset(_LOCAL_FORMATS[suffix], data_files={cfg.split: path}, split=cfg.split)
-    else:
-        ds = datasets.load_dataset(path, cfg.name, split=cfg.split)
+    try:
+        if suffix in _LOCAL_FORMATS:
+            check_file(path)  # datasets fails on an empty file with a bare StopIteration, and worse
+            with quiet_datasets():
+                ds = datasets.load_dataset(
+                    _LOCAL_FORMATS[suffix], data_files={cfg.split: path}, split=cfg.split
+                )
+        else:
+            with quiet_datasets():
+                ds = datasets.load_dataset(path, cfg.name, split=cfg.split)
+    except ConfigError:
+        raise
+    except Exception as e:  # datasets' errors: DatasetNotFoundError, DatasetGenerationError, ValueError, ...
+        message = _root_message(e)
+        if "split" in message.lower() and cfg.split not in ("", None) and "unknown split" in message.lower():
+            raise ConfigError(
+                f"dataset.split: '{cfg.split}' is not a split of {path} ({message}); set dataset.split to one"
+            ) from None
+        raise ConfigError(
+            f"dataset.path: {path} could not be read ({type(e).__name__}: {message}); check the name, or that "
+            f"the file is valid {_LOCAL_FORMATS.get(suffix, 'data')}"
+        ) from None
     if cfg.max_examples is not None:
         ds = ds.select(range(min(cfg.max_examples, len(ds))))
     return ds
@@ -95,6 +139,12 @@ def _render_messages(example: dict[str, Any], cfg: DatasetConfig, tokenizer, ind
     if last is None:
         roles = ", ".join(str(m["role"]) for m in messages) or "no messages"
         raise ConfigError(f"{where}: the conversation has no assistant message (roles: {roles})")
+    for j, m in enumerate(messages[: last + 1]):
+        if m["content"] is not None and not isinstance(m["content"], str):
+            raise ConfigError(
+                f"{where}: message {j} has a {type(m['content']).__name__} as its content, not text; give "
+                "every message a string content"
+            )
     response = messages[last]["content"]
     if not isinstance(response, str) or not response.strip():
         raise ConfigError(f"{where}: the last assistant message (message {last}) is empty")
@@ -103,7 +153,10 @@ def _render_messages(example: dict[str, Any], cfg: DatasetConfig, tokenizer, ind
     try:
         prompt = tokenizer.apply_chat_template(history, tokenize=False, add_generation_prompt=True)
     except Exception as e:  # a template error (e.g. "roles must alternate") names the example
-        raise ConfigError(f"{where}: the chat template failed: {e}") from None
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ConfigError(
+            f"{where}: the chat template failed to render ({first}); fix dataset.chat_template (or the data)"
+        ) from None
     return prompt, response
 
 
@@ -123,6 +176,16 @@ def render(example: dict[str, Any], cfg: DatasetConfig, tokenizer, index: int) -
         raise ConfigError(
             f"dataset.response_field: example {index} has no value for '{cfg.response_field}' (null)"
         )
+    for field, key in ((cfg.prompt_field, "prompt_field"), (cfg.response_field, "response_field")):
+        value = example[field]
+        if isinstance(value, dict | list):  # str() would train on its Python repr
+            shown = repr(value)
+            shown = shown if len(shown) <= 60 else shown[:57] + "..."
+            raise ConfigError(
+                f"dataset.{key}: example {index} has a {type(value).__name__} in '{field}' ({shown}), not text; "
+                f"point dataset.{key} at a text field"
+                + (" (or use dataset.messages_field for conversations)" if isinstance(value, list) else "")
+            )
     if not str(example[cfg.response_field]).strip():
         raise ConfigError(
             f"dataset.response_field: example {index} has an empty '{cfg.response_field}' "
@@ -130,9 +193,16 @@ def render(example: dict[str, Any], cfg: DatasetConfig, tokenizer, index: int) -
         )
     prompt, response = str(example[cfg.prompt_field]), str(example[cfg.response_field])
     if cfg.template == "chat":
-        prompt_text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-        )
+        try:
+            prompt_text = tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+            )
+        except Exception as e:  # a broken template (syntax, a raise_exception in it) names the example
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise ConfigError(
+                f"dataset.template: example {index}: the chat template failed to render ({first}); fix "
+                "dataset.chat_template (or the tokenizer's)"
+            ) from None
         return prompt_text, response
     return cfg.prompt_format.format(prompt=prompt), cfg.response_format.format(response=response)
 
@@ -159,8 +229,12 @@ def tokenize_example(
     }
 
 
-def build_dataset(cfg: DatasetConfig, path: str, tokenizer, stats: dict[str, Any] | None = None):
+def build_dataset(
+    cfg: DatasetConfig, path: str, tokenizer, stats: dict[str, Any] | None = None, *, quiet: bool = False
+):
     """Load, render and tokenize the training set. Returns a ``datasets.Dataset`` with input_ids/labels.
+
+    ``quiet``: no progress bars or ``datasets`` log records (a pre-flight check whose failure is one line).
 
     Sets ``cfg.chat_template`` on ``tokenizer`` when given. ``stats``, if given, receives ``num_examples``,
     ``num_truncated`` (examples cut to ``max_length``) and ``num_no_response`` (examples left without any
@@ -176,7 +250,9 @@ def build_dataset(cfg: DatasetConfig, path: str, tokenizer, stats: dict[str, Any
         )
     raw = load_raw(cfg, path)
     if len(raw) == 0:
-        raise ConfigError(f"dataset.path: {path} (split '{cfg.split}') has no examples")
+        raise ConfigError(
+            f"dataset.path: {path} (split '{cfg.split}') has no examples; point dataset.path at the data"
+        )
     # Fail on a missing column before tokenizing anything (per-example checks follow in the map).
     needed = (
         [(cfg.messages_field, "messages_field")]
@@ -191,12 +267,24 @@ def build_dataset(cfg: DatasetConfig, path: str, tokenizer, stats: dict[str, Any
         prompt, response = render(example, cfg, tokenizer, index)
         return tokenize_example(prompt, response, tokenizer, cfg.max_length, prompt_special_tokens=not chat)
 
-    ds = raw.map(_map, with_indices=True, remove_columns=raw.column_names, desc="tokenize")
+    with quiet_datasets() if quiet else contextlib.nullcontext():
+        ds = raw.map(_map, with_indices=True, remove_columns=raw.column_names, desc="tokenize")
     n_trunc = sum(ds["truncated"])
-    n_empty = sum(1 for labels in ds["labels"] if all(x == IGNORE_INDEX for x in labels))
+    empty = [i for i, labels in enumerate(ds["labels"]) if all(x == IGNORE_INDEX for x in labels)]
+    n_empty = len(empty)
     log.info("dataset: %d examples, %d truncated to %d tokens", len(ds), n_trunc, cfg.max_length)
-    if n_empty:
-        log.warning("dataset: %d examples lost every response token to truncation", n_empty)
+    if empty and (len(empty) == len(ds) or not cfg.drop_all_prompt):
+        # They would add nothing to the loss: data lost without a word, unless the user said to drop them.
+        more = f" (and {n_empty - 1} more)" if n_empty > 1 else ""
+        raise ConfigError(
+            f"dataset.max_length: example {empty[0]}{more} of {path} is all prompt after truncation to "
+            f"{cfg.max_length} tokens (no response token left to train on); raise dataset.max_length or "
+            "set dataset.drop_all_prompt: true to drop such examples"
+        )
+    if empty:
+        log.warning("dataset: dropped %d examples left without a response token (drop_all_prompt)", n_empty)
+        drop = set(empty)
+        ds = ds.select([i for i in range(len(ds)) if i not in drop])
     if stats is not None:
         stats.update(num_examples=len(ds), num_truncated=n_trunc, num_no_response=n_empty)
     return ds.remove_columns("truncated")

@@ -16,6 +16,12 @@ after transformers has written everything else); a torn one left by a kill mid-s
 ``train/runs/<date>_<host>/``, offline, with the ``tensorboard`` package installed — the ``dev`` extra has
 it; the default is ``none``). ``train/metrics.jsonl`` is written either way.
 
+Before anything runs, ``preflight(cfg)`` rejects what would make the run fail later, as one
+``ConfigError`` line naming the field: it builds the full ``TrainingArguments`` and the optimizer (whose
+own argument checks run), and loads, renders and tokenizes the data with the model's tokenizer (the
+model itself is never loaded). ``sweep run`` calls it for every run it will execute, ``otr-harness train``
+for its run, both before the first run starts or anything is written.
+
 Multi-process (``launcher:``, run under ``accelerate launch``): every process trains on its shard of each
 global batch; the loss denominator counts the response tokens of all processes (transformers' gather),
 the logged diagnostics and token counters are summed over processes, and only the main process (rank 0)
@@ -27,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -78,9 +85,7 @@ def build_trainer(cfg: RunConfig, run: RunDir) -> tuple[ObjectiveTrainer, dict[s
     # 2. The Trainer's arguments first: they set up the process group of a multi-process launch.
     args = training_arguments(cfg, run)
     # 3. Tokenizer and data: rendered, tokenized, prompt masked, validated.
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = load_tokenizer(model_path)
     data_stats: dict[str, Any] = {}
     with args.main_process_first(desc="tokenize"):
         dataset = build_dataset(cfg.dataset, data_path, tokenizer, data_stats)
@@ -100,6 +105,7 @@ def build_trainer(cfg: RunConfig, run: RunDir) -> tuple[ObjectiveTrainer, dict[s
         objective_params=cfg.objective.params,
         run_seed=cfg.seed,
         loss_normalization=cfg.loss_normalization,
+        training_path=cfg.training_path,
     )
     trainer.add_callback(CheckpointCounters(trainer))
     return trainer, data_stats
@@ -107,17 +113,77 @@ def build_trainer(cfg: RunConfig, run: RunDir) -> tuple[ObjectiveTrainer, dict[s
 
 def training_arguments(cfg: RunConfig, run: RunDir) -> TrainingArguments:
     """transformers' arguments of this run; values transformers rejects become a ``ConfigError``."""
+    return _arguments(cfg, str(run.train_dir))
+
+
+# Flags whose validity depends on the machine's devices: not checked where the runs execute elsewhere.
+_DEVICE_FLAGS = ("bf16", "fp16", "tf32", "bf16_full_eval", "fp16_full_eval")
+
+
+def _arguments(cfg: RunConfig, output_dir: str, drop: tuple[str, ...] = ()) -> TrainingArguments:
+    values = {"dataloader_pin_memory": torch.cuda.is_available(), **cfg.training_arguments()}
     try:
         return TrainingArguments(
-            output_dir=str(run.train_dir),
+            output_dir=output_dir,
             seed=cfg.seed,
             data_seed=cfg.seed,
             remove_unused_columns=False,  # keep `shift_labels` for the objective
             disable_tqdm=not os.isatty(2),
-            **{"dataloader_pin_memory": torch.cuda.is_available(), **cfg.training_arguments()},
+            **{k: v for k, v in values.items() if k not in drop},
         )
-    except ValueError as e:  # e.g. bf16 without a bf16-capable device
-        raise ConfigError(f"training: {str(e).splitlines()[0]}") from None
+    except (ValueError, TypeError) as e:  # e.g. bf16 without a bf16-capable device
+        raise ConfigError(f"training: {(str(e).strip().splitlines() or [type(e).__name__])[0]}") from None
+
+
+def load_tokenizer(model_path: str):
+    """The model's tokenizer (pad token = EOS when it has none); a path it cannot load is a ``ConfigError``."""
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_path)
+    except (OSError, ValueError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ConfigError(f"model: cannot load a tokenizer from '{model_path}' ({first})") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def preflight(cfg: RunConfig, *, data: bool = True, device_check: bool = True) -> None:
+    """Raise ``ConfigError`` (one line, naming the field) for what would make this run fail later.
+
+    Builds the full ``TrainingArguments`` (into a temporary directory: nothing of the run is written) and
+    the optimizer on a dummy parameter, so that its own argument checks run; with ``data``, loads,
+    renders and tokenizes the dataset with the model's tokenizer (``build_dataset``'s validation). No
+    model is loaded. ``device_check=False`` leaves out the precision flags whose validity depends on the
+    machine (the runs execute on other machines, e.g. under SLURM).
+    """
+    if not cfg.is_training:
+        return
+    assert cfg.dataset is not None
+    with tempfile.TemporaryDirectory(prefix="otr-harness-preflight-") as tmp:
+        args = _arguments(cfg, tmp, () if device_check else _DEVICE_FLAGS)
+        _check_optimizer(args)
+    if data:
+        tokenizer = load_tokenizer(resolve_ref(cfg.model, cfg.toy))
+        build_dataset(cfg.dataset, resolve_ref(cfg.dataset.path, cfg.toy), tokenizer, quiet=True)
+
+
+def _check_optimizer(args: TrainingArguments) -> None:
+    """Instantiate the optimizer ``args`` selects on one dummy parameter: its own argument checks run."""
+    from transformers import Trainer
+
+    try:
+        cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args)
+        param = torch.nn.Parameter(torch.zeros(1))
+        cls([{"params": [param], "weight_decay": args.weight_decay}], **kwargs)
+    except (ValueError, TypeError, ImportError, RuntimeError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        if "pass a model" in first or "pass a `model`" in first:
+            return  # GaLore, APOLLO, LOMO need the model itself: their checks run when the run starts
+        optim = getattr(args.optim, "value", args.optim)
+        optim = f"{optim}' with optim_args '{args.optim_args}" if args.optim_args else optim
+        raise ConfigError(
+            f"training.optim: the optimizer '{optim}' rejects these settings: {first}"
+        ) from None
 
 
 def prepare_resume(trainer: ObjectiveTrainer, run: RunDir) -> Path | None:
