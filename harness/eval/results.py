@@ -107,10 +107,16 @@ def entry_samples(entry: Entry) -> Samples:
 
 
 def suite_results(
-    suite: Suite, entries: list[Entry], setup: ModelSetup, checkpoint: str | None, elapsed_s: float
+    suite: Suite,
+    entries: list[Entry],
+    setup: ModelSetup,
+    checkpoint: str | None,
+    elapsed_s: float,
+    sandbox: str | None = None,
 ) -> dict[str, Any]:
     """A suite's ``results.json``: per entry its record (without the task configs, which go into the
-    settings), whether it came from the cache and its key; plus the call's settings."""
+    settings), whether it came from the cache and its key; plus the call's settings, ``sandbox`` among
+    them (the layer model-written code ran in: ``bwrap`` / ``guard``; None when the suite runs none)."""
     cfg = setup.cfg
     task_configs = {t: c for e in entries for t, c in (e.record or {}).get("task_configs", {}).items()}
     return {
@@ -132,6 +138,7 @@ def suite_results(
             "limit": cfg.limit,
             "batch_size": cfg.batch_size,
             "allow_unsafe_code": cfg.allow_unsafe_code,
+            "sandbox": sandbox,
             "versions": setup.versions,
             "lm_eval_version": setup.versions["lm_eval"],
             "task_configs": task_configs,

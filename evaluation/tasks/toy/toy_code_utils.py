@@ -3,7 +3,8 @@
 The tasks' ``execute`` filter (lm-eval ``custom`` filter: it sees every document's completion at once)
 builds each program — ``prompt + completion`` followed by the tests — and runs them in parallel, each in
 its own :func:`harness.eval.sandbox.run_program` process (separate and limited: the evaluator continues
-whatever a program does). The filtered response is the verdict (``passed``, ``failed``, ``timeout``, ``error``);
+whatever a program does), in the process's sandbox layer (``eval.sandbox``: bubblewrap where it works,
+else the Python guard; the verdicts do not depend on it, tests/test_code_tasks.py). The filtered response is the verdict (``passed``, ``failed``, ``timeout``, ``error``);
 ``process_results`` turns it into ``pass_at_1``. The raw completions stay in the logged samples.
 """
 
