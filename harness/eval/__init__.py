@@ -2,7 +2,9 @@
 
 Modules, in dependency order (each imports only those above it, plus config / toy / runs / paths):
 
-- ``sandbox``   run untrusted model-written code in a limited subprocess (the toy code tasks' scorer);
+- ``isolation`` the bubblewrap command line (namespaces, read-only view, seccomp) of the sandbox's OS layer;
+- ``sandbox``   run untrusted model-written code isolated (bwrap) or guarded, limited; the layer choice;
+- ``code_tasks`` the ``*_sandboxed`` lm-eval code tasks rendered for the installed lm-eval (``@code``);
 - ``vllm_cpu``  in-process accommodations for vLLM's CPU build;
 - ``backends``  hf / vllm: discovery, resolution, the interpreter to use, model args, the lazy lm-eval model;
 - ``cache``     the evaluation cache, keyed by content hashes of the checkpoint and of the lm-eval tasks;

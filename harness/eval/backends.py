@@ -147,6 +147,32 @@ class ModelSetup:
         )
 
 
+# Decoding defaults a checkpoint's generation_config.json may carry. Under hf, generate() applies them on top
+# of what lm-eval passes, and vLLM (lm-eval builds explicit SamplingParams) does not: Qwen2.5's and Qwen3's
+# max_new_tokens 2048 outranks lm-eval's max_length (every answer capped at 2048 tokens, and greedy tasks
+# generating past their own max_gen_toks), Llama 3.2's top_p 0.9 would narrow Avg@k's temperature-1 sampling.
+GENERATION_DEFAULTS_RESET = (
+    "max_new_tokens", "do_sample", "temperature", "top_p", "top_k", "min_p", "typical_p", "repetition_penalty",
+)  # fmt: skip
+
+
+def neutral_generation_defaults(model: Any) -> None:
+    """Reset the checkpoint's own decoding defaults on a loaded model, so that the suite entry and the lm-eval
+    task alone decide how it decodes, as they do under vLLM. Logs what it reset."""
+    from transformers import GenerationConfig
+
+    config, default = getattr(model, "generation_config", None), GenerationConfig()
+    if config is None:
+        return
+    reset = {}
+    for name in GENERATION_DEFAULTS_RESET:
+        if getattr(config, name, None) != getattr(default, name):
+            reset[name] = getattr(config, name)
+            setattr(config, name, getattr(default, name))
+    if reset:
+        log.info("hf: the checkpoint's generation_config defaults %s reset (the suite decides)", reset)
+
+
 class LazyLM:
     """The lm-eval model object, created on first :meth:`get` (never when every entry is cached).
 
@@ -177,6 +203,8 @@ class LazyLM:
                 extra["device"] = hf_device(s.cfg.device)
             started = time.time()
             self._lm = get_model(s.backend).create_from_arg_obj(model_args(s.backend, s.model, s.cfg), extra)
+            if s.backend == "hf":
+                neutral_generation_defaults(self._lm.model)
             log.info("%s model loaded in %.0f s", s.backend, time.time() - started)
         return self._lm
 

@@ -15,6 +15,8 @@ from typing import Any
 
 from harness.config import ConfigError, EvalConfig, ToyConfig
 from harness.config.suites import GenerationSettings, Suite, SuiteTask, UnsafeCodeError
+from harness.config.task_data import TaskDataLocation
+from harness.eval import code_tasks, task_data
 from harness.eval.backends import ModelSetup
 from harness.eval.cache import Samples, canonical_hash, task_hash
 from harness.paths import evaluation_dir
@@ -41,6 +43,9 @@ class Entry:
     samples: Samples = field(default_factory=dict)
     cache_hit: bool = False
     runs: list[dict[str, Any]] = field(default_factory=list)  # raw lm-eval output per sample index
+    # eval.dataset_overrides: leaf task -> where its documents come from (harness.eval.task_data).
+    locations: dict[str, TaskDataLocation] = field(default_factory=dict)
+    gen_cap: int | None = None  # eval.max_gen_toks: cap on max new tokens (the entry's or the task's own)
 
 
 # ------------------------------------------------------------------------------------------ checks
@@ -59,8 +64,8 @@ def unsafe_message(suite: str, task: str) -> str:
     return (
         f"suite '{suite}': task '{task}' executes model-generated code, which is off by default; enable it "
         "with `eval: {allow_unsafe_code: true}` in the run/sweep config or `otr-harness eval "
-        "--allow-unsafe-code` (the toy code tasks run it in harness/eval/sandbox.py; lm-eval's own code "
-        "tasks run it unsandboxed — use a container)"
+        "--allow-unsafe-code` (it runs in harness/eval/sandbox.py, isolated by bubblewrap where available; "
+        "lm-eval's own humaneval/mbpp tasks named directly run it unsandboxed: use their *_sandboxed variants)"
     )
 
 
@@ -70,6 +75,7 @@ def check_tasks(entries: list[Entry], cfg: EvalConfig, with_hashes: bool) -> Non
     store each task's :func:`~harness.eval.cache.task_hash` for the cache key."""
     for entry in entries:
         tasks = entry.task_manager.load([entry.spec.task])["tasks"]
+        task_data.check_loaded(tasks, entry.locations)
         for name, task in tasks.items():
             if task.get_config("unsafe_code") and not cfg.allow_unsafe_code:
                 raise UnsafeCodeError(unsafe_message(entry.suite.name, f"{entry.spec.task}/{name}"))
@@ -81,7 +87,19 @@ def check_tasks(entries: list[Entry], cfg: EvalConfig, with_hashes: bool) -> Non
                         "but the task decodes greedily; set temperature > 0 in the suite entry"
                     )
         if with_hashes:
-            entry.task_hashes = {name: task_hash(task) for name, task in sorted(tasks.items())}
+            entry.task_hashes = {name: _seeded_hash(task) for name, task in sorted(tasks.items())}
+
+
+def _seeded_hash(task: Any) -> str:
+    """``task_hash`` with Python's RNG seeded as ``simple_evaluate`` seeds it: lm-eval applies a task's
+    ``process_docs`` each time its documents are read, and some shuffle (gpqa shuffles every question's
+    choices with ``random``): unseeded, the key would differ in every process and never hit the cache."""
+    import random
+
+    from lm_eval.defaults import DEFAULT_RANDOM_SEED
+
+    random.seed(DEFAULT_RANDOM_SEED)
+    return task_hash(task)
 
 
 # -------------------------------------------------------------------------------------- resolution
@@ -89,19 +107,26 @@ def check_tasks(entries: list[Entry], cfg: EvalConfig, with_hashes: bool) -> Non
 
 def include_path(suite: Suite, toy: ToyConfig | None) -> str | None:
     """The directory of the suite's own task YAMLs: ``@toy`` = the run's toy world (built if needed);
-    a relative path is under ``evaluation/``."""
+    ``@code`` = the sandboxed code tasks (:mod:`harness.eval.code_tasks`); a relative path is under
+    ``evaluation/``."""
     if suite.include_path == "@toy":
         return str(build_toy(toy or ToyConfig()).tasks_dir)
+    if suite.include_path == code_tasks.INCLUDE_PATH:
+        return str(code_tasks.tasks_dir())
     if suite.include_path is None:
         return None
     path = Path(suite.include_path)
     return str(path if path.is_absolute() else evaluation_dir() / path)
 
 
-def resolve_entries(suites: list[Suite], toy: ToyConfig | None) -> list[list[Entry]]:
+def resolve_entries(
+    suites: list[Suite], toy: ToyConfig | None, cfg: EvalConfig | None = None
+) -> list[list[Entry]]:
     """The entries of each suite, with their settings and a task manager per distinct task index
     (building an index takes seconds: suites that share one share it). ConfigError for a task that is
-    not in its index."""
+    not in its index. From ``cfg``: the caps ``max_samples`` / ``max_gen_toks`` and the tasks' data
+    locations (``dataset_overrides``, applied to the index before any task is loaded)."""
+    cfg = cfg or EvalConfig()
     from lm_eval.tasks import TaskManager
 
     managers: dict[tuple[str | None, bool], Any] = {}
@@ -120,9 +145,34 @@ def resolve_entries(suites: list[Suite], toy: ToyConfig | None) -> list[list[Ent
                     + (f" (include_path {include})" if include else "")
                     + "; check the name with `lm-eval ls tasks` or pass --include-path"
                 )
-            entries.append(Entry(suite, spec, spec.settings(suite.defaults), tm))
+            settings = spec.settings(suite.defaults)
+            if cfg.max_samples is not None and settings.samples > cfg.max_samples:
+                settings = settings.model_copy(update={"samples": cfg.max_samples})
+            entries.append(Entry(suite, spec, settings, tm, gen_cap=cfg.max_gen_toks))
         by_suite.append(entries)
+    if cfg.dataset_overrides:
+        _apply_locations(by_suite, cfg)
     return by_suite
+
+
+def _apply_locations(by_suite: list[list[Entry]], cfg: EvalConfig) -> None:
+    """Resolve ``dataset_overrides`` per task index (a group's key covers its tasks) and apply them."""
+    entries = [e for suite_entries in by_suite for e in suite_entries]
+    used: set[str] = set()
+    for tm in {id(e.task_manager): e.task_manager for e in entries}.values():
+        mine = [e for e in entries if e.task_manager is tm]
+        names = list(dict.fromkeys(e.spec.task for e in mine))
+        covered = task_data.coverage(tm.task_index, names)
+        own = {k: v for k, v in cfg.dataset_overrides.items() if k in covered}  # keys of this index's suites
+        used |= set(own)
+        locations = task_data.resolve(tm.task_index, own, names)
+        task_data.apply(tm, locations)
+        for e in mine:
+            leaves = task_data.group_members(tm.task_index, e.spec.task)[0]
+            e.locations = {leaf: loc for leaf, loc in locations.items() if leaf in leaves}
+    unused = sorted(set(cfg.dataset_overrides) - used)
+    if unused:  # a typo must not evaluate the Hub's data silently
+        raise task_data.unknown_key(unused[0], list(dict.fromkeys(e.spec.task for e in entries)))
 
 
 def entry_key(entry: Entry, setup: ModelSetup, checkpoint: str) -> str:
@@ -141,6 +191,8 @@ def entry_key(entry: Entry, setup: ModelSetup, checkpoint: str) -> str:
             "limit": cfg.limit,
             "versions": setup.versions,
             "seeds": SEEDS_VERSION,
+            # Only when set, so that the keys of every existing cache entry stay what they were.
+            **({"gen_cap": entry.gen_cap} if entry.gen_cap is not None else {}),
         }
     )
 
@@ -187,6 +239,11 @@ def load_for_run(entry: Entry, run_index: int, backend: str) -> list[Any]:
     for task in loaded["tasks"].values():
         if task.get_config("output_type") == "generate_until":
             kwargs = dict(gen)
+            if entry.gen_cap is not None:  # eval.max_gen_toks; a task that sets none gets lm-eval's default
+                from lm_eval.defaults import DEFAULT_MAX_GEN_TOKS
+
+                own = task.get_config("generation_kwargs").get("max_gen_toks", DEFAULT_MAX_GEN_TOKS)
+                kwargs["max_gen_toks"] = min(kwargs.get("max_gen_toks", own), entry.gen_cap)
             sampling = kwargs.get("do_sample", task.get_config("generation_kwargs").get("do_sample", False))
             if backend == "vllm" and sampling:
                 kwargs["seed"] = run_index  # per-request seed: run i is reproducible on its own

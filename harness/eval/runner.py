@@ -18,7 +18,9 @@ How the numbers are produced (nothing here re-scores anything: every value is lm
   lm-eval scores (:mod:`harness.eval.results`);
 - a task that executes model-generated code (``unsafe_code`` in lm-eval's task config or the suite entry)
   runs only with ``allow_unsafe_code`` (passed as lm-eval's ``confirm_run_unsafe_code``); without it the
-  call fails before any model is loaded (:class:`~harness.config.suites.UnsafeCodeError`).
+  call fails before any model is loaded (:class:`~harness.config.suites.UnsafeCodeError`). With it, the
+  sandbox layer is chosen once (``eval.sandbox``, :mod:`harness.eval.sandbox`), keys the cache entries
+  of code tasks and is recorded in ``results.json`` (``settings.sandbox`` and per code task).
 
 Output, per suite, in ``eval/<suite>/`` (names from :mod:`harness.runs.layout`), written atomically:
 - ``results.json``: per entry the primary metric, value, stderr, n, every metric lm-eval reported, the
@@ -39,8 +41,9 @@ from typing import Any
 
 from harness.config import EvalConfig, ToyConfig
 from harness.config.suites import Suite
+from harness.eval import sandbox
 from harness.eval.backends import LazyLM, ModelSetup, require_backend
-from harness.eval.cache import EvalCache, checkpoint_hash, write_samples
+from harness.eval.cache import EvalCache, canonical_hash, checkpoint_hash, write_samples
 from harness.eval.entries import (
     Entry,
     chat_groups,
@@ -75,19 +78,22 @@ def evaluate_suites(
     """
     started = time.time()
     check_unsafe_code(suites, cfg)  # fast: before importing lm-eval, indexing or loading any task
+    # Where model-written code runs in this process: probed once; ConfigError if bwrap is required but
+    # cannot run, one warning if auto falls back to the guard (harness.eval.sandbox).
+    layer = sandbox.configure(cfg.sandbox) if cfg.allow_unsafe_code else None
     setup = ModelSetup.create(model_path, require_backend(backend or cfg.backend), cfg)
-    by_suite = resolve_entries(suites, toy)
+    by_suite = resolve_entries(suites, toy, cfg)
     entries = [e for suite_entries in by_suite for e in suite_entries]
     checkpoint = checkpoint_hash(model_path) if cfg.cache else None
     check_tasks(entries, cfg, with_hashes=checkpoint is not None)
     cache = EvalCache()
-    serve_from_cache(entries, setup, checkpoint, cache)
+    serve_from_cache(entries, setup, checkpoint, cache, layer)
     todo, copies = split_shared(entries)
     with LazyLM(setup) as lm:
         run_lm_eval(todo, lm, setup)
-        record(todo, copies, cache)
+        record(todo, copies, cache, layer)
     return [
-        write_suite(suite, suite_entries, out_dir, setup, checkpoint, started)
+        write_suite(suite, suite_entries, out_dir, setup, checkpoint, started, layer)
         for suite, suite_entries, out_dir in zip(suites, by_suite, out_dirs, strict=True)
     ]
 
@@ -102,14 +108,28 @@ def evaluate(
 # ------------------------------------------------------------------------------------------ phases
 
 
+def executes_code(entry: Entry) -> bool:
+    """The entry runs model-written code: flagged in its suite, or (once run) so says a task's config."""
+    configs = (entry.record or {}).get("task_configs") or {}
+    return entry.spec.unsafe_code or any((c or {}).get("unsafe_code") for c in configs.values())
+
+
 def serve_from_cache(
-    entries: list[Entry], setup: ModelSetup, checkpoint: str | None, cache: EvalCache
+    entries: list[Entry],
+    setup: ModelSetup,
+    checkpoint: str | None,
+    cache: EvalCache,
+    layer: str | None = None,
 ) -> None:
-    """Key every entry (when caching: ``checkpoint`` is not None) and fill the ones the cache has."""
+    """Key every entry (when caching: ``checkpoint`` is not None) and fill the ones the cache has. The key
+    of an entry that executes code includes the sandbox ``layer``: a verdict under one layer is not
+    served for another."""
     if checkpoint is None:
         return
     for entry in entries:
         entry.key = entry_key(entry, setup, checkpoint)
+        if layer is not None and executes_code(entry):
+            entry.key = canonical_hash({"entry": entry.key, "sandbox": layer})
         hit = cache.get(entry.key)
         if hit is not None:
             entry.record, entry.samples = hit
@@ -147,13 +167,17 @@ def run_lm_eval(todo: list[Entry], lm: LazyLM, setup: ModelSetup) -> None:
                 e.runs.append(raw)
 
 
-def record(todo: list[Entry], copies: list[tuple[Entry, Entry]], cache: EvalCache) -> None:
+def record(
+    todo: list[Entry], copies: list[tuple[Entry, Entry]], cache: EvalCache, layer: str | None = None
+) -> None:
     """Records and samples of the entries that ran (shared ones copied from their leader); each stored in
-    the cache when it has a key."""
+    the cache when it has a key. An entry that executed code records the sandbox ``layer`` it ran in."""
     for e, leader in copies:
         e.runs, e.leaves = leader.runs, leader.leaves
     for e in todo + [e for e, _ in copies]:
         e.record = entry_record(e)
+        if layer is not None and executes_code(e):
+            e.record["sandbox"] = layer
         e.samples = entry_samples(e)
         if e.key is not None:
             cache.put(e.key, e.record, e.samples)
@@ -166,9 +190,12 @@ def write_suite(
     setup: ModelSetup,
     checkpoint: str | None,
     started: float,
+    layer: str | None = None,
 ) -> dict[str, Any]:
-    """Write one suite's results and samples into ``out_dir`` atomically (all or nothing); return them."""
-    results = suite_results(suite, entries, setup, checkpoint, time.time() - started)
+    """Write one suite's results and samples into ``out_dir`` atomically (all or nothing); return them.
+    ``settings.sandbox`` is ``layer`` when the suite executes code, else None."""
+    sandbox_layer = layer if any(executes_code(e) for e in entries) else None
+    results = suite_results(suite, entries, setup, checkpoint, time.time() - started, sandbox_layer)
     with atomic_dir(out_dir) as tmp:
         write_samples(tmp, {name: rows for e in entries for name, rows in e.samples.items()})
         atomic_write_json(tmp / RESULTS_FILE, results)
