@@ -25,7 +25,7 @@ EPILOG = """examples:
 def _cmd_sweep_plan(args: argparse.Namespace) -> int:
     from harness.execution import sweep
 
-    pl = sweep.plan(args.file, args.out)
+    pl = sweep.plan(args.file, args.out, args.set)
     print(f"sweep '{pl.sweep.name}' -> {pl.out_dir}")
     print(sweep.format_table(sweep.status_rows(pl)))
     print(", ".join(f"{n} {s}" for s, n in sorted(pl.counts().items())))
@@ -41,10 +41,12 @@ def _cmd_sweep_run(args: argparse.Namespace) -> int:
         executor=args.executor,
         max_parallel=args.max_parallel,
         wait_for_jobs=args.wait,
+        overrides=args.set,
     )
     if args.report and args.wait:
-        pl = sweep.plan(args.file, args.out)
-        code_r = _report(pl.out_dir, Path(args.report_dir) if args.report_dir else None)
+        pl = sweep.plan(args.file, args.out, args.set)
+        report_dir = Path(args.report_dir) if args.report_dir else None
+        code_r = _report(pl.out_dir, report_dir, allow_partial=args.allow_partial)
         code = code or code_r
     return code
 
@@ -53,7 +55,8 @@ def _cmd_sweep_status(args: argparse.Namespace) -> int:
     from harness.execution import sweep
 
     pl = sweep.load_plan_from_dir(args.dir)
-    rows = sweep.status_rows(pl)
+    problems: list[str] = []
+    rows = sweep.status_rows(pl, problems)
     from harness.execution import slurm
 
     queued = slurm.queue_states(pl)  # runs whose SLURM task is still queued or running
@@ -61,18 +64,41 @@ def _cmd_sweep_status(args: argparse.Namespace) -> int:
         if row["status"] != "done" and row["run"] in queued:
             row["status"] = queued[row["run"]]
     print(sweep.format_table(rows))
-    print(", ".join(f"{n} {s}" for s, n in sorted(pl.counts().items())))
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row["status"]] = counts.get(row["status"], 0) + 1
+    print(", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    for line in problems:  # a done marker whose files do not read back: `sweep run` redoes the stage
+        print(f"corrupt: {line}")
     return 0
 
 
-def _report(sweep_dir: Path, out: Path | None, compare: Path | None = None) -> int:
+def _report(
+    sweep_dir: Path, out: Path | None, compare: Path | None = None, *, allow_partial: bool = False
+) -> int:
+    """Render the report; name every unreadable run file on stderr; 1 when there is one (unless
+    ``allow_partial``): a report with a hole in it must not pass for a whole one."""
     from harness import report
 
     out = out or Path("reports") / sweep_dir.name
     paths = report.render(sweep_dir, out, compare=compare)
     print(f"report: {paths['md']}")
     print(f"report: {paths['html'].resolve()}")
-    return 0
+    if not paths.unreadable:
+        return 0
+    for line in paths.unreadable:
+        print(f"unreadable: {line}", file=sys.stderr)
+    if allow_partial:
+        print(
+            f"report: {len(paths.unreadable)} unreadable file(s) left out (--allow-partial)", file=sys.stderr
+        )
+        return 0
+    print(
+        f"error: the report leaves out {len(paths.unreadable)} unreadable file(s) (named above and at the top of "
+        "the report); run 'otr-harness sweep run' to redo their stages, or pass --allow-partial",
+        file=sys.stderr,
+    )
+    return 1
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -84,13 +110,15 @@ def _cmd_report(args: argparse.Namespace) -> int:
                 f"{d}: not a sweep directory (no runs found); pass the directory 'sweep run' wrote"
             )
     compare = Path(args.compare) if args.compare else None
-    return _report(Path(args.dir), Path(args.out) if args.out else None, compare)
+    return _report(
+        Path(args.dir), Path(args.out) if args.out else None, compare, allow_partial=args.allow_partial
+    )
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from harness.execution.stages import train_standalone
 
-    return train_standalone(args.config, args.out)
+    return train_standalone(args.config, args.out, args.set)
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -124,8 +152,43 @@ def _cmd_toy_build(args: argparse.Namespace) -> int:
     return 0
 
 
+ALLOW_PARTIAL_HELP = (
+    "exit 0 even when some run files do not read back (they are named at the top of the report and on "
+    "stderr either way; without this flag the command exits 1)"
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line (``error: <what>; see '<prog> --help'``), exit code 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"error: {message} (see '{self.prog} --help')\n")
+
+
+def _positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1 (``--limit 0`` would evaluate nothing)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _add_set(p: argparse.ArgumentParser, example: str = "base.training.max_steps=2") -> None:
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"override a value of the file by its dotted key, e.g. --set {example} (repeatable; VALUE is "
+        "YAML: 2, 5.0e-5, true, [0, 1], {name: sft}); an unknown key or wrong type stops with exit code 2",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="otr-harness",
         description="Fine-tune causal LMs with SFT, One-Token Rollout (OTR) and other token-level objectives; "
         "sweep, evaluate with lm-eval, and report.",
@@ -140,10 +203,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p = sw.add_parser("plan", help="validate a sweep file and list its runs (no side effects)")
     p.add_argument("file", help="sweep YAML, e.g. sweeps/demo.yaml")
+    _add_set(p)
     p.add_argument("--out", help="sweep directory (default: output_dir of the file, or runs/<name>)")
     p.set_defaults(func=_cmd_sweep_plan)
     p = sw.add_parser("run", help="run every pending stage of a sweep; skip what is done")
     p.add_argument("file", help="sweep YAML, e.g. sweeps/demo.yaml")
+    _add_set(p)
     p.add_argument("--out", help="sweep directory (default: output_dir of the file, or runs/<name>)")
     p.add_argument(
         "--executor",
@@ -154,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--max-parallel",
-        type=int,
+        type=_positive_int,
         metavar="N",
         help="runs at once (local: default 1, with GPUs one per GPU via CUDA_VISIBLE_DEVICES; slurm: caps "
         "the array's running tasks)",
@@ -169,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-report", dest="report", action="store_false", help="do not write the report afterwards"
     )
     p.add_argument("--report-dir", help="where the report goes (default: reports/<sweep dir name>)")
+    p.add_argument("--allow-partial", action="store_true", help=ALLOW_PARTIAL_HELP)
     p.set_defaults(func=_cmd_sweep_run)
     p = sw.add_parser("status", help="done / pending / failed per run of a sweep directory")
     p.add_argument("dir", help="sweep directory, e.g. runs/demo")
@@ -178,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", help="sweep directory, e.g. runs/demo")
     p.add_argument("--out", help="output directory (default: reports/<sweep dir name>)")
     p.add_argument("--compare", metavar="DIR2", help="a second sweep directory to show beside the first")
+    p.add_argument("--allow-partial", action="store_true", help=ALLOW_PARTIAL_HELP)
     p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser(
@@ -185,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run one training from a run config YAML (under `accelerate launch` if it has a launcher: block)",
     )
     p.add_argument("config", help="run config YAML (model, dataset, objective, training, ...)")
+    _add_set(p, "model=/path/to/model")
     p.add_argument("--out", required=True, help="run directory to write")
     p.set_defaults(func=_cmd_train)
 
@@ -215,8 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="allow tasks that execute model-generated code (lm-eval's confirm_run_unsafe_code)",
     )
-    p.add_argument("--limit", type=int, help="documents per task (default: all)")
-    p.add_argument("--batch-size", type=int, help="batch size (default: the run's, else 32)")
+    p.add_argument("--limit", type=_positive_int, help="documents per task (default: all)")
+    p.add_argument("--batch-size", type=_positive_int, help="batch size (default: the run's, else 32)")
     p.add_argument("--no-cache", action="store_true", help="re-evaluate even if the result is cached")
     p.add_argument(
         "--toy-preset", default="demo", help="toy world of the @toy suites when MODEL is not a run directory"
@@ -235,7 +303,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help (0) or a usage error (2, its one line already on stderr)
+        return e.code if isinstance(e.code, int) else 2
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )

@@ -59,7 +59,13 @@ def test_train_command_uses_accelerate_launch(tmp_path, tiny_toy):
     acc = tmp_path / "accelerate.yaml"
     acc.write_text(ACCELERATE_CONFIG)
     plain = parse_run_config(_cfg(cfg, 8))
-    assert stage_command("train", "RUN", plain) == [sys.executable, "-m", "harness.execution.worker", "train", "RUN"]
+    assert stage_command("train", "RUN", plain) == [
+        sys.executable,
+        "-m",
+        "harness.execution.worker",
+        "train",
+        "RUN",
+    ]
     launched = parse_run_config(
         _cfg(cfg, 4, {"accelerate_config": str(acc), "num_processes": 2, "main_process_port": 29511})
     )
@@ -82,6 +88,7 @@ def test_two_processes_match_one(tmp_path, tiny_toy):
     run_cfg = parse_run_config(
         _cfg(cfg, 4, {"accelerate_config": str(acc), "num_processes": 2, "main_process_port": _free_port()})
     )
+    assert run_cfg.training_path == "fused"  # the default: both processes train on the fused path
     # Through the command line: `otr-harness train` launches the stage with train_command's argv.
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(run_cfg.model_dump(mode="json")))
     multi = RunDir(tmp_path / "multi")

@@ -145,6 +145,11 @@ def test_same_seed_same_otr_losses(tmp_path, tiny_toy):
     _, c, _ = _train(tmp_path, "c", {**d, "seed": 1})
     assert [m["loss"] for m in a] == [m["loss"] for m in b]
     assert [m["loss"] for m in a] != [m["loss"] for m in c]
+    # a, b, c trained on the default (fused) path; the logits path draws the same: same losses.
+    assert parse_run_config(d).training_path == "fused"
+    _, lg, _ = _train(tmp_path, "logits", {**d, "training_path": "logits"})
+    for key in ("loss", "draw_hit_rate", "nll"):
+        assert [m[key] for m in lg] == pytest.approx([m[key] for m in a], rel=1e-5), key
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -196,6 +201,7 @@ def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path, tiny_toy, ca
         save_steps=2,
         save_total_limit=2,
     )
+    assert parse_run_config(d).training_path == "fused"  # the default path is the one resumed
     run = RunDir(tmp_path / "run")
     full_summary = train(parse_run_config(d), run)
     full = [json.loads(line) for line in run.metrics_file.read_text().splitlines()]

@@ -18,17 +18,23 @@ _HASH_OMIT_AT_DEFAULT: list[tuple[tuple[str, ...], Any]] = [
     (("dataset", "messages_field"), None),
     (("dataset", "chat_template"), None),
     (("dataset", "packing"), False),
+    (("dataset", "drop_all_prompt"), False),
     (("lora",), None),
     (("launcher",), None),
     (("model_dtype",), "float32"),
     (("attn_implementation",), None),
+    (("training_path",), "fused"),  # same run on either path (same loss to float noise): ids kept
     (("eval", "tensor_parallel_size"), 1),
     (("eval", "data_parallel_size"), 1),
     (("eval", "gpu_memory_utilization"), 0.9),
     (("eval", "max_model_len"), None),
     (("eval", "model_args"), {}),
     (("eval", "allow_unsafe_code"), False),
+    (("eval", "sandbox"), "auto"),
     (("eval", "cache"), True),
+    (("eval", "dataset_overrides"), {}),
+    (("eval", "max_samples"), None),
+    (("eval", "max_gen_toks"), None),
 ]
 # (dotted path, value, hashed as): `eval.backend` defaulted to "hf" before "auto" existed; "auto" is
 # hashed as "hf" so that existing run ids did not change.

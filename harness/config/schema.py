@@ -16,11 +16,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from harness.config.hashing import config_hash
+from harness.config.task_data import TaskDataLocation
 from harness.config.toy import ToyConfig, valid_refs
 from harness.config.training_args import training_argument_names
+from harness.config.training_checks import consistency_problems, range_problem
 from harness.objectives.params import validate_params
 
 
@@ -56,6 +67,12 @@ class DatasetConfig(_Strict):
         " {response}", description="plain template for the response; EOS is appended"
     )
     max_length: int = Field(512, gt=0, description="truncate prompt+response to this many tokens")
+    drop_all_prompt: bool = Field(
+        False,
+        description="examples left with no response token by truncation to max_length: false (default) "
+        "stops the run naming the first one; true drops them with a warning (counted in summary.json's "
+        "num_no_response), for large real datasets with a few over-long prompts",
+    )
     max_examples: int | None = Field(None, gt=0, description="use only the first N examples")
     messages_field: str | None = Field(
         None,
@@ -173,7 +190,24 @@ class EvalConfig(_Strict):
         description="run tasks that execute model-generated code (lm-eval's confirm_run_unsafe_code); "
         "without it a suite with such a task fails before the model is loaded",
     )
+    sandbox: Literal["auto", "bwrap", "guard"] = Field(
+        "auto",
+        description="where model-written code runs (harness/eval/sandbox.py): bwrap = bubblewrap namespaces "
+        "(an error where it cannot run), guard = the Python guard only, auto = bwrap when a probe shows it "
+        "works, else guard with one warning; the layer used is recorded in results.json",
+    )
     cache: bool = Field(True, description="reuse results of identical evaluations (harness/eval/cache.py)")
+    dataset_overrides: dict[str, TaskDataLocation] = Field(
+        default_factory=dict,
+        description="lm-eval task or group name -> where its documents come from (dataset_path, "
+        "dataset_name, dataset_kwargs); everything else stays the task's own (harness/config/task_data.py)",
+    )
+    max_samples: int | None = Field(
+        None, gt=0, description="cap on every suite entry's samples (Avg@k's k): smoke tests, rehearsals"
+    )
+    max_gen_toks: int | None = Field(
+        None, gt=0, description="cap on every entry's max new tokens (the entry's, else the task's own)"
+    )
 
 
 class LoraConfig(_Strict):
@@ -204,6 +238,12 @@ class LoraConfig(_Strict):
         if isinstance(v, list) and not v:
             raise ValueError("give at least one module name, or 'all-linear'")
         return v
+
+
+def _adapts_lm_head(lora: LoraConfig) -> bool:
+    """Whether LoRA adapters or ``modules_to_save`` reach the output head (named ``lm_head``)."""
+    targets = [] if lora.target_modules == "all-linear" else lora.target_modules  # all-linear skips it
+    return any(name.split(".")[-1] == "lm_head" for name in [*targets, *(lora.modules_to_save or [])])
 
 
 class LauncherConfig(_Strict):
@@ -260,6 +300,27 @@ class RunConfig(_Strict):
     launcher: LauncherConfig | None = Field(
         None, description="run the train stage under `accelerate launch` (multi-GPU, FSDP, DeepSpeed)"
     )
+    training_path: Literal["fused", "logits"] = Field(
+        "fused",
+        validate_default=True,  # the lora check below runs for the default too
+        description="fused (default): the LM head computes the objective tile by tile from the final hidden "
+        "states inside the model's own forward, so the [B, T, V] logits and their gradient never exist "
+        "(harness/training/fused.py); logits: objectives.compute on model(...).logits, the reference path. "
+        "Same loss, diagnostics and draws on both",
+    )
+
+    @field_validator("training_path")
+    @classmethod
+    def _fusable_lora(cls, v: str, info: ValidationInfo) -> str:
+        # The fused path needs a plain linear LM head; an adapted one would be refused only after the
+        # model loaded: say it here, before anything runs. (`lora` is declared before this field.)
+        lora = info.data.get("lora")
+        if v == "fused" and lora is not None and _adapts_lm_head(lora):
+            raise ValueError(
+                "LoRA or modules_to_save on lm_head (lora:) needs training_path: logits (the fused path "
+                "computes the objective from a plain LM head); set it, or leave lm_head out of lora"
+            )
+        return v
 
     @field_validator("training")
     @classmethod
@@ -272,6 +333,21 @@ class RunConfig(_Strict):
             raise ValueError(
                 f"unknown TrainingArguments field '{unknown[0]}' (see transformers.TrainingArguments for valid names)"
             )
+        # Ranges (lr > 0, batch sizes >= 1, ...) and fields that contradict each other: named as
+        # `training.<key>`, which a plain ValueError here could not do (its location is `training`).
+        problems = [(k, range_problem(k, x), x) for k, x in v.items()]
+        merged = {**TRAINING_DEFAULTS, **v}
+        problems += [(k, msg, merged.get(k)) for k, msg in consistency_problems(merged)]
+        for key, msg, value in problems:
+            if msg:
+                raise ValidationError.from_exception_data(
+                    "training",
+                    [
+                        InitErrorDetails(
+                            type=PydanticCustomError("training_value", msg), loc=(key,), input=value
+                        )
+                    ],
+                )
         return v
 
     @model_validator(mode="after")

@@ -12,10 +12,11 @@ sequences of the whole optimizer step that have at least one response token (aga
 all processes). ``_get_num_items_in_batch`` counts those sequences in place of tokens, with transformers'
 own cross-device reduction, so the two modes differ only in what is counted and in the numerator.
 
-Two training paths compute the same loss (``training_path``): ``logits`` takes ``model(...).logits``
-``[B, T, V]`` and hands them to ``objectives.compute``; ``fused`` asks the model's own forward for the
-objective (``fused.py``: the LM head computes it tile by tile from the final hidden states, so neither the
-logits nor their gradient ever exist). Normalisation, diagnostics and draws are the same on both.
+Two training paths compute the same loss (``training_path``): ``fused`` (the default) asks the model's
+own forward for the objective (``fused.py``: the LM head computes it tile by tile from the final hidden
+states, so neither the ``[B, T, V]`` logits nor their gradient ever exist); ``logits`` (the reference)
+takes ``model(...).logits`` and hands them to ``objectives.compute``. Normalisation, diagnostics and
+draws are the same on both.
 
 Sampling objectives (OTR) draw from a generator seeded by ``micro_batch_seed`` (run seed, step,
 micro-batch, rank), so a run resumed from a checkpoint redraws exactly what the uninterrupted run drew.
@@ -26,7 +27,6 @@ collective), and only the main process writes (``MetricsLog``'s lines, ``Checkpo
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import resource
@@ -40,18 +40,14 @@ from transformers import Trainer, TrainerCallback
 from transformers.modeling_outputs import CausalLMOutput
 
 from harness import objectives
+from harness.config import ConfigError
 from harness.training import fused
 from harness.training.checkpoints import checkpoint_path, read_counters, write_counters
 from harness.training.data import IGNORE_INDEX
+from harness.training.dropin import MicroBatchGenerators, micro_batch_seed
 
 TRAINING_PATHS = ("fused", "logits")
-
-
-def micro_batch_seed(run_seed: int, step: int, micro: int, rank: int) -> int:
-    """Seed of the sampling generator of one micro-batch: a pure function of (run seed, optimizer step,
-    micro-batch index within the step, process rank), so a resumed run redraws exactly what it would have."""
-    key = f"{run_seed}/{step}/{micro}/{rank}".encode()
-    return int.from_bytes(hashlib.sha256(key).digest()[:8], "little") >> 1
+__all__ = ["ObjectiveTrainer", "MetricsLog", "CheckpointCounters", "micro_batch_seed", "peak_memory_mb"]
 
 
 def peak_memory_mb() -> float:
@@ -64,8 +60,9 @@ def peak_memory_mb() -> float:
 class ObjectiveTrainer(Trainer):
     """A ``Trainer`` whose loss is a token-level objective from ``harness.objectives``.
 
-    ``training_path``: ``"logits"`` (default for now) or ``"fused"`` (the model is patched here, before
-    accelerate wraps it; a model whose head cannot be fused raises ``fused.FusedHeadError``, one line).
+    ``training_path``: ``"fused"`` (default: the model is patched here, before accelerate wraps it; a
+    model whose head cannot be fused raises ``ConfigError``, one line naming ``training_path``, the model
+    type, the reason and the way out) or ``"logits"`` (the reference path).
     """
 
     # We normalise by the global token count ourselves, so the Trainer must not divide by the number of
@@ -79,7 +76,7 @@ class ObjectiveTrainer(Trainer):
         objective_params: dict[str, Any],
         run_seed: int,
         loss_normalization: str = "tokens",
-        training_path: str = "logits",
+        training_path: str = "fused",
         **kwargs,
     ):
         if loss_normalization not in ("tokens", "sequences"):
@@ -94,14 +91,18 @@ class ObjectiveTrainer(Trainer):
         self.loss_normalization = loss_normalization
         self.training_path = training_path
         if training_path == "fused":  # before accelerate wraps the model (in train())
-            fused.enable_fused_objective(self.model)
+            try:
+                fused.enable_fused_objective(self.model)
+            except fused.FusedHeadError as e:
+                # one line: the field, the model type, the reason and the way out (training_path: logits)
+                raise ConfigError(f"training_path: {str(e).removeprefix('fused training path: ')}") from None
         self.objective_name = objective_name
         self.objective_params = objective_params
         self.run_seed = run_seed
         # Make the Trainer count the response tokens of the whole accumulated batch (it does so only for
         # models that take loss kwargs); our collator provides `shift_labels`, which it counts as they are.
         self.model_accepts_loss_kwargs = True
-        self._micro_step = (-1, 0)  # (global_step, index of the micro-batch within it)
+        self._draws = MicroBatchGenerators(run_seed)
         # This process's token-weighted diagnostic sums and counters since the last sync_counters().
         self._pending: dict[str, float] = defaultdict(float)
         # All processes' sums since the last log step (filled by sync_counters, emptied by log).
@@ -111,11 +112,7 @@ class ObjectiveTrainer(Trainer):
 
     def _generator(self, device: torch.device) -> torch.Generator:
         """A generator seeded from (run seed, step, micro-batch, rank): same run -> same draws, also on resume."""
-        step, micro = self._micro_step
-        micro = micro + 1 if step == self.state.global_step else 0
-        self._micro_step = (self.state.global_step, micro)
-        seed = micro_batch_seed(self.run_seed, self.state.global_step, micro, self.args.process_index)
-        return torch.Generator(device=device).manual_seed(seed)
+        return self._draws.next(self.state.global_step, self.args.process_index, device)
 
     def _get_num_items_in_batch(self, batch_samples: list, device: torch.device):
         """The denominator of the step: response tokens (default) or sequences with a response token.
