@@ -41,8 +41,9 @@ def _sweep(cfg) -> dict:
         "variants": {
             "sft": {"objective": {"name": "sft"}},
             "otr": {"objective": {"name": "otr", "k": 4, "tau": 1.2, "beta": -0.1}},
-            # A run that fails inside its training stage: it must be recorded, and not stop the others.
-            "broken": {"objective": {"name": "sft"}, "dataset": {"prompt_field": "no_such_field"}},
+            # A run that fails inside its training stage (the model load; bad data or training values are
+            # refused before any run starts): it must be recorded, and not stop the others.
+            "broken": {"objective": {"name": "sft"}, "attn_implementation": "no_such_attention"},
         },
         "seeds": [0],
     }
@@ -58,12 +59,12 @@ def test_sweep_end_to_end_then_resume(tmp_path, tiny_toy, capsys):
 
     assert main(argv) == 1  # the broken run fails the command...
     out = capsys.readouterr().out
-    assert "1 of 4 runs failed" in out and "no_such_field" in out
+    assert "1 of 4 runs failed" in out and "no_such_attention" in out
 
     runs = {RunDir(p.parent).run_id.split("-")[0]: RunDir(p.parent) for p in runs_dir.glob("*/config.yaml")}
     assert set(runs) == {"base", "sft", "otr", "broken"}
     broken = runs.pop("broken")
-    assert broken.is_failed("train") and "no_such_field" in broken.failure("train")
+    assert broken.is_failed("train") and "no_such_attention" in broken.failure("train")
     assert broken.log_file("train").exists() and not broken.is_done("eval")
 
     # ...but every other run finished: trained (4 logged steps), saved, evaluated on 5 documents per task.
