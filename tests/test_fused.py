@@ -23,15 +23,8 @@ from harness.training.data import Collator, PackingCollator
 V = 97
 H = 32
 ALL = O.available()
-PARAMS = {  # non-default parameters: tau != 1 and beta != 0 exercise every term
-    "sft": {},
-    "dft": {},
-    "otr": {"k": 6, "tau": 1.7, "beta": -0.3},
-    "otr_exact": {"tau": 1.7, "beta": -0.3},
-    "unlikelihood": {"alpha": 0.7, "k": 5, "tau": 1.0},
-    "label_smoothing": {"eps": 0.2},
-    "entropy_sft": {"lambda": 0.3},
-}
+from test_objectives import PARAMS  # noqa: E402  (one table of "interesting" parameters)
+
 SOFTCAP = 1.5  # small, so tanh bends the tiny models' logits a lot: dropping it cannot go unnoticed
 SMALL = dict(hidden_size=H, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
 CONFIGS = {
