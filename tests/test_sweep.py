@@ -186,7 +186,7 @@ EXPECTED_RUNS = {  # trained runs + the base model
     "ablate_k.yaml": 7 * 3 + 1,
     "ablate_temperature.yaml": 2 * 5 * 2 + 1,
     "ablate_beta.yaml": 2 * 9 * 2 + 1,
-    "baselines.yaml": 7 * 3 + 1,
+    "baselines.yaml": 9 * 3 + 1,
     "compute_matched.yaml": 3 * 3 + 1,
     "lr_tuned.yaml": 4 * 3 * 2 + 1,
 }
@@ -278,7 +278,9 @@ def test_baselines_cover_every_objective():
     from harness import objectives
 
     specs = expand_sweep(load_sweep_config(SWEEPS / "baselines.yaml"))
-    assert {s.config.objective.name for s in specs if s.config.is_training} == set(objectives.available())
+    names = {s.config.objective.name for s in specs if s.config.is_training}
+    # every token-level objective, and the RL baseline through TRL (issue 17)
+    assert names == set(objectives.available()) | {"grpo"}
 
 
 def test_compute_matched_gives_sft_more_steps():
@@ -454,15 +456,21 @@ def test_killed_sweep_resumes_to_the_same_results(tmp_path, tiny_toy):
     ("n", "gpus", "expected"),
     [
         (1, ["0", "1"], [{}]),  # one slot: the run sees every GPU (multi-GPU training)
-        (2, [], [{}, {}]),  # CPU: plain processes
+        (2, [], [{"OMP_NUM_THREADS": "4"}] * 2),  # CPU (8 cores here): each process its share of them
+        (3, [], [{"OMP_NUM_THREADS": "2"}] * 3),
+        (16, [], [{"OMP_NUM_THREADS": "1"}] * 16),
         (2, ["0", "1"], [{"CUDA_VISIBLE_DEVICES": "0"}, {"CUDA_VISIBLE_DEVICES": "1"}]),
         (3, ["4", "7"], [{"CUDA_VISIBLE_DEVICES": g} for g in ("4", "7", "4")]),  # round-robin
     ],
 )
-def test_device_slots_give_each_parallel_run_its_gpu(n, gpus, expected):
+def test_device_slots_give_each_parallel_run_its_gpu(n, gpus, expected, monkeypatch):
     from harness.execution.local import device_slots
 
-    assert device_slots(n, gpus) == expected
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert device_slots(n, gpus, cpus=8) == expected
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's own setting is left alone
+    unset = [{k: v for k, v in slot.items() if k != "OMP_NUM_THREADS"} for slot in expected]
+    assert device_slots(n, gpus, cpus=8) == unset
 
 
 @pytest.mark.parametrize(

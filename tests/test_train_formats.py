@@ -38,6 +38,7 @@ PARAMS = {
     "unlikelihood": {"alpha": 0.5, "k": 3, "tau": 1.1},
     "label_smoothing": {"eps": 0.2},
     "entropy_sft": {"lambda": 0.05},
+    "asft": {"alpha": 0.5},
 }
 FORMATS = ["prompt_response", "messages"]
 
@@ -146,7 +147,9 @@ def test_every_objective_trains_from_both_formats(tmp_path, tiny_toy, formats, n
 
     # Step 1: the objective by hand on the same batch, same generator, divided by its response tokens.
     gen = torch.Generator().manual_seed(micro_batch_seed(0, 0, 0, 0))
-    out = objectives.compute(name, f["logits"], f["shift_labels"], generator=gen, **params)
+    # asft's reference is the base model, which at step 1 is the policy: its logits are the base's too.
+    ref = {"ref_logits": f["logits"]} if objectives.needs_reference(name) else {}
+    out = objectives.compute(name, f["logits"], f["shift_labels"], generator=gen, **ref, **params)
     assert out.num_tokens == first_tokens
     assert metrics[0]["loss"] == pytest.approx(out.loss.item() / out.num_tokens, rel=1e-4, abs=1e-6)
     for key, value in out.metrics.items():  # the objective's diagnostics are logged as computed

@@ -35,6 +35,7 @@ from harness.execution import slurm
 from harness.execution.local import run_local
 from harness.execution.plan import Plan, PlannedRun, load_plan_from_dir, plan
 from harness.execution.stages import freeze, repair
+from harness.objectives.params import trainer_of
 from harness.runs.io import atomic_write_json, atomic_write_text, file_lock, remove_stale_temps
 from harness.runs.layout import TRAIN, SweepDir
 
@@ -136,13 +137,17 @@ def preflight(
     started, seen_args, seen_data = time.time(), set(), set()
     for p in trained:
         cfg = p.spec.config
-        assert cfg.dataset is not None
-        args_key = json.dumps(cfg.training_arguments(), sort_keys=True, default=str)
+        assert cfg.dataset is not None and cfg.objective is not None
+        # A method with its own trainer (grpo) checks its parameters and data (the reward's references)
+        # beyond the token-level runs' checks: its objective is part of both keys.
+        own = cfg.objective.model_dump(mode="json") if trainer_of(cfg.objective.name) != "objective" else None
+        args_key = json.dumps([cfg.training_arguments(), own], sort_keys=True, default=str)
         data_key = json.dumps(
             [
                 cfg.model,
                 cfg.dataset.model_dump(mode="json"),
                 cfg.toy.model_dump(mode="json") if cfg.toy else None,
+                own,
             ],
             sort_keys=True,
         )

@@ -5,10 +5,11 @@ Definitions: ``/work/shared/reference/otr.md``.
 
 Modules
 -------
-* ``params``    names, parameter models, validation, sampling accounting. Torch-free.
+* ``params``    names, parameter models, validation, sampling accounting, which objectives need the
+  frozen reference model (``needs_reference``). Torch-free.
 * ``losses``    the formulas: each objective's closed-form (loss, dL/dz) per row of logits; ``OBJECTIVES``.
 * ``engine``    the chunked / tiled autograd machinery that evaluates them: ``compute``,
-  ``compute_from_hidden``, ``ObjectiveOutput``, ``merge_metrics``.
+  ``compute_from_hidden``, ``ObjectiveOutput``, ``merge_metrics``; its chunk loop is ``chunks``.
 * ``reference`` the same objectives as plain formulas through torch autograd on full logits: the tests'
   oracle, and a second implementation.
 
@@ -35,9 +36,11 @@ from typing import TYPE_CHECKING, Any
 from harness.objectives.params import (
     IGNORE_INDEX,
     METRICS,
+    REFERENCE_METRICS,
     SAMPLED_METRICS,
     available,
     is_sampled,
+    needs_reference,
     samples_per_token,
     validate_params,
 )
@@ -59,7 +62,7 @@ _LAZY = {
     "Objective": "losses",
     "Rows": "losses",
 }
-_SUBMODULES = ("engine", "losses", "params", "reference")
+_SUBMODULES = ("chunks", "engine", "losses", "params", "reference")
 
 
 def _implementation(implementation: str) -> ModuleType:
@@ -75,6 +78,7 @@ def compute(
     labels: torch.Tensor,
     *,
     implementation: str = "engine",
+    ref_logits: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     chunk_size: int | None = None,
     return_draws: bool = False,
@@ -85,10 +89,13 @@ def compute(
     Returns the loss SUM over non-ignored positions, their count and per-token mean metrics; the full
     contract is in engine.py's docstring. ``implementation`` selects ``engine`` (default) or
     ``reference``; both give the same results, draws included, for the same ``generator`` state.
+    ``ref_logits`` [..., V]: the frozen reference model's logits, for (and only for) objectives that
+    ``needs_reference`` (``asft``).
     """
     return _implementation(implementation).compute(
-        name, logits, labels, generator=generator, chunk_size=chunk_size, return_draws=return_draws, **params
-    )
+        name, logits, labels, ref_logits=ref_logits, generator=generator, chunk_size=chunk_size,
+        return_draws=return_draws, **params,
+    )  # fmt: skip
 
 
 def compute_from_hidden(
@@ -100,6 +107,10 @@ def compute_from_hidden(
     implementation: str = "engine",
     bias: torch.Tensor | None = None,
     softcap: float | None = None,
+    ref_hidden: torch.Tensor | None = None,
+    ref_weight: torch.Tensor | None = None,
+    ref_bias: torch.Tensor | None = None,
+    ref_softcap: float | None = None,
     generator: torch.Generator | None = None,
     chunk_size: int | None = None,
     return_draws: bool = False,
@@ -107,9 +118,12 @@ def compute_from_hidden(
 ) -> ObjectiveOutput:
     """Same as ``compute(name, hidden @ weight.T + bias, labels, ...)`` (logits soft-capped as
     ``softcap * tanh(z / softcap)`` when ``softcap`` is given); the engine never materialises the logits
-    (one ``[chunk, V]`` tile at a time). See ``engine.compute_from_hidden``."""
+    (one ``[chunk, V]`` tile at a time). Reference objectives take the reference model's final hidden
+    states and head (``ref_hidden``, ``ref_weight``, ``ref_bias``, ``ref_softcap``), through which the
+    engine builds the reference's logits in the same tiles. See ``engine.compute_from_hidden``."""
     return _implementation(implementation).compute_from_hidden(
-        name, hidden, weight, labels, bias=bias, softcap=softcap, generator=generator, chunk_size=chunk_size,
+        name, hidden, weight, labels, bias=bias, softcap=softcap, ref_hidden=ref_hidden, ref_weight=ref_weight,
+        ref_bias=ref_bias, ref_softcap=ref_softcap, generator=generator, chunk_size=chunk_size,
         return_draws=return_draws, **params,
     )  # fmt: skip
 
@@ -135,6 +149,7 @@ __all__ = [
     "IMPLEMENTATIONS",
     "METRICS",
     "OBJECTIVES",
+    "REFERENCE_METRICS",
     "SAMPLED_METRICS",
     "Objective",
     "ObjectiveOutput",
@@ -144,6 +159,7 @@ __all__ = [
     "compute_from_hidden",
     "is_sampled",
     "merge_metrics",
+    "needs_reference",
     "samples_per_token",
     "validate_params",
 ]

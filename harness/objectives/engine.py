@@ -5,8 +5,8 @@ Pure math: no I/O, no configs, no Trainer. The formulas, their contract and thei
 
 Contract
 --------
-``compute(name, logits, labels, *, generator=None, chunk_size=None, return_draws=False, **params)``
-``-> ObjectiveOutput``
+``compute(name, logits, labels, *, ref_logits=None, generator=None, chunk_size=None, return_draws=False,``
+``**params) -> ObjectiveOutput``
 
 * ``logits``: ``[..., V]`` (usually ``[B, T, V]``), any float dtype (bf16 is fine). Softmax and
   log-softmax are computed in fp32 (fp64 if the logits are fp64), chunk by chunk.
@@ -21,15 +21,21 @@ Contract
   (``merge_metrics`` does that). Names: ``token_acc`` (label attains the max logit), ``entropy`` (nats,
   of pi at temperature 1), ``p_gt`` (pi(x_t)), ``nll`` (-log pi(x_t), the SFT loss, comparable across
   objectives) and, for sampled objectives, ``draw_hit_rate`` (fraction of the K draws equal to x_t) and
-  ``no_hit_frac`` (fraction of positions where no draw hit x_t).
+  ``no_hit_frac`` (fraction of positions where no draw hit x_t), and, for reference objectives,
+  ``kl_ref`` (KL(pi_ref || pi) in nats, the anchor's divergence from the frozen reference model).
+* Reference objectives (``params.needs_reference``: ``asft``) need the frozen reference model's logits
+  at the same positions, ``ref_logits`` (or ``ref_hidden`` + ``ref_weight`` below); constants, no gradient.
+  A missing reference, or one given to an objective that takes none, is a one-line ``ValueError``.
 * Sampled objectives: ``torch.rand(N, K, generator=generator)`` is drawn once, up front, one row per
   non-ignored position in row-major order (on the generator's device), and row t's K draws are the
   inverse-CDF images of its uniforms under softmax(z_t / tau). So the draws depend on the generator
   state only, never on ``chunk_size``; ``reference.compute`` follows the same protocol.
 
-``compute_from_hidden(name, hidden, weight, labels, *, bias=None, softcap=None, ...)`` gives the same result
-from the final hidden states and the LM head (optionally soft-capped, as Gemma 2/3), computing the logits
-tile by tile so ``[N, V]`` never exists.
+``compute_from_hidden(name, hidden, weight, labels, *, bias=None, softcap=None, ref_hidden=None,``
+``ref_weight=None, ref_bias=None, ref_softcap=None, ...)`` gives the same result from the final hidden
+states and the LM head (optionally soft-capped, as Gemma 2/3), computing the logits tile by tile so
+``[N, V]`` never exists; a reference objective's reference logits come from the reference's final hidden
+states through its head in the same tiles.
 
 How it is computed (why it is as cheap as SFT)
 ----------------------------------------------
@@ -40,25 +46,29 @@ respect to the logits** in closed form. The gradient is written straight into th
 (or, from hidden states, multiplied into the hidden/weight gradients), so nothing of size ``[chunk, V]``
 is kept for the backward pass. OTR's K draws are sampled by inverse CDF on the cumulative sum of
 softmax(z / tau), reusing the same block, so the only K-sized tensors are ``[N, K]`` uniforms and
-``[chunk, K]`` indices: memory does not grow with V * K. No objective needs a third block.
+``[chunk, K]`` indices: memory does not grow with V * K. Only reference objectives need a third block
+(``log pi_ref``), and the default chunk shrinks so that the three cost what two do. The chunk loop itself
+is in ``chunks.py``; this module holds the autograd Functions around it and the public API.
 
 Backward through the returned loss is supported once (``retain_graph`` double backward is not).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from harness.objectives.losses import Objective, Rows, _rowdot, get
+from harness.objectives.chunks import compute_dtype, metrics, run_chunks
+from harness.objectives.losses import get
 from harness.objectives.params import (
     IGNORE_INDEX,
     METRICS,
     SAMPLED_METRICS,
-    ObjectiveParams,
+    available,
+    needs_reference,
     validate_params,
 )
 
@@ -96,115 +106,8 @@ def merge_metrics(outputs: Iterable[ObjectiveOutput]) -> dict[str, float]:
 
 
 # ======================================================================================================
-# Engine: chunks of non-ignored positions, fp32 blocks, closed-form gradients
+# Engine: chunks of non-ignored positions (chunks.py), fp32 blocks, closed-form gradients
 # ======================================================================================================
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _auto_chunk(n: int, vocab: int, dtype: torch.dtype, budget: int) -> int:
-    elem = torch.finfo(dtype).bits // 8
-    return max(1, min(n, budget // (vocab * elem)))
-
-
-def _sample(
-    z: torch.Tensor, zmax: torch.Tensor, tau: float, u: torch.Tensor, out: torch.Tensor
-) -> torch.Tensor:
-    """Inverse-CDF draws from softmax(z / tau): ``u`` [c, K] uniforms -> [c, K] token ids.
-
-    Exactly distributed as ``torch.multinomial(softmax(z / tau), K, replacement=True)`` (up to the
-    dtype's rounding of the CDF); uses ``out`` [c, V] as scratch.
-    """
-    torch.add((-zmax / tau), z, alpha=1.0 / tau, out=out)  # (z - max z) / tau <= 0: no overflow
-    cdf = out.exp_().cumsum_(-1)
-    total = cdf[:, -1:]
-    # u * total < total strictly, so the draw lands on a token with cdf[i] > cdf[i - 1], i.e. pi'(i) > 0
-    target = torch.minimum(u.to(cdf.dtype) * total, torch.nextafter(total, torch.zeros_like(total)))
-    return torch.searchsorted(cdf, target, right=True).clamp_(max=cdf.shape[1] - 1)
-
-
-def _run(
-    obj: Objective,
-    prm: ObjectiveParams,
-    n: int,
-    vocab: int,
-    dtype: torch.dtype,
-    device: torch.device,
-    load_z: Callable[[int, int, torch.Tensor], torch.Tensor],
-    emit_grad: Callable[[int, int, torch.Tensor], None],
-    need_grad: bool,
-    chunk_size: int | None,
-    generator: torch.Generator | None,
-    keep_draws: bool,
-    budget: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Loop over chunks of the n non-ignored positions.
-
-    ``load_z(lo, hi, out)`` writes the logits of positions lo..hi into ``out`` [hi-lo, V];
-    ``emit_grad(lo, hi, g)`` consumes dL/dz for them (g is a scratch view: copy what you keep).
-    Returns (loss sum, metric sums [6], draws or None).
-    """
-    c_max = chunk_size or _auto_chunk(n, vocab, dtype, budget)
-    block_z = torch.empty(c_max, vocab, dtype=dtype, device=device)
-    block_p = torch.empty(c_max, vocab, dtype=dtype, device=device)
-    uniforms = None
-    if obj.sampled:
-        # All uniforms up front, one row per position: the draws do not depend on the chunking.
-        gen_device = generator.device if generator is not None else device
-        uniforms = torch.rand(n, prm.k, generator=generator, device=gen_device).to(device)
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    sums = torch.zeros(6, dtype=torch.float64, device=device)
-    kept = []
-    for lo in range(0, n, c_max):
-        hi = min(n, lo + c_max)
-        c = hi - lo
-        z, p = block_z[:c], block_p[:c]
-        target = load_z(lo, hi, z)
-        zmax = z.amax(-1, keepdim=True)
-        z_x = z.gather(1, target[:, None])
-        correct = (z_x >= zmax).view(-1)  # label attains the max (argmax == label up to exact ties)
-        draws = _sample(z, zmax, prm.tau, uniforms[lo:hi], p) if obj.sampled else None
-        # log-sum-exp by hand so that exp(z - max) is computed once and becomes pi
-        torch.sub(z, zmax, out=p).exp_()
-        norm = p.sum(-1, keepdim=True)
-        lse = zmax + norm.log()
-        p.div_(norm)
-        logp = z.sub_(lse)
-        logp_x = (z_x - lse).view(-1)
-        rows = Rows(
-            logp=logp,
-            p=p,
-            target=target,
-            logp_x=logp_x,
-            p_x=logp_x.exp(),
-            entropy=-_rowdot(p, logp),
-            logp_max=(zmax - lse).view(-1),
-            draws=draws,
-            need_grad=need_grad,
-        )
-        m = torch.stack([correct.to(dtype), rows.entropy, rows.p_x, -logp_x]).sum(1)
-        if draws is not None:
-            hits = (draws == target[:, None]).sum(1).to(dtype)
-            m = torch.cat([m, torch.stack([hits.sum() / prm.k, (hits == 0).sum().to(dtype)])])
-            if keep_draws:
-                kept.append(draws)
-        sums[: m.numel()] += m
-        loss, grad = obj.fn(rows, prm)
-        loss_sum += loss.sum()
-        if need_grad:
-            emit_grad(lo, hi, grad)
-    draws_out = torch.cat(kept) if kept else None
-    if keep_draws and obj.sampled and draws_out is None:
-        draws_out = torch.empty(0, prm.k, dtype=torch.long, device=device)
-    return loss_sum, sums, draws_out
-
-
-def _metrics(obj: Objective, sums: torch.Tensor, n: int) -> dict[str, float]:
-    names = METRICS + (SAMPLED_METRICS if obj.sampled else ())
-    vals = (sums / max(n, 1)).tolist()
-    return {k: float(v) for k, v in zip(names, vals, strict=False)}
-
-
 def _valid_positions(labels: torch.Tensor) -> torch.Tensor:
     return (labels.reshape(-1) != IGNORE_INDEX).nonzero().view(-1)
 
@@ -212,6 +115,28 @@ def _valid_positions(labels: torch.Tensor) -> torch.Tensor:
 def _check_labels(targets: torch.Tensor, vocab: int) -> None:
     if targets.numel() and bool(((targets < 0) | (targets >= vocab)).any()):
         raise ValueError(f"labels must be in [0, {vocab}) or {IGNORE_INDEX}")
+
+
+def _gather_rows(logits: torch.Tensor, sel: torch.Tensor, out: torch.Tensor) -> None:
+    """``out`` [c, V] = the rows ``sel`` of ``logits`` [..., V] (flat row-major indices), in out's dtype,
+    without copying the whole tensor when it is not contiguous (e.g. a slice after a causal shift)."""
+    vocab = logits.shape[-1]
+    if logits.is_contiguous() and logits.dtype == out.dtype:
+        torch.index_select(logits.view(-1, vocab), 0, sel, out=out)
+    elif logits.is_contiguous():
+        out.copy_(logits.view(-1, vocab).index_select(0, sel))
+    else:
+        out.copy_(logits[torch.unravel_index(sel, logits.shape[:-1])])
+
+
+def _linear_into(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor) -> None:
+    """``out`` [c, V] = h @ weight.T + bias, straight into ``out`` when the dtypes allow it."""
+    if weight.dtype != out.dtype:
+        out.copy_(torch.nn.functional.linear(h, weight, bias))
+    elif bias is None:
+        torch.mm(h, weight.t(), out=out)
+    else:
+        torch.addmm(bias, h, weight.t(), out=out)
 
 
 class _FusedLogits(torch.autograd.Function):
@@ -224,8 +149,7 @@ class _FusedLogits(torch.autograd.Function):
         idx = _valid_positions(job["labels"]).to(logits.device)
         targets = labels_flat.to(logits.device).index_select(0, idx).long()
         _check_labels(targets, vocab)
-        dtype = _compute_dtype(logits.dtype)
-        flat = logits.reshape(-1, vocab) if logits.is_contiguous() else None
+        dtype = compute_dtype(logits.dtype)
         grad = None
         if job["need_grad"]:
             grad = torch.empty_like(logits, memory_format=torch.contiguous_format).view(-1, vocab)
@@ -233,21 +157,18 @@ class _FusedLogits(torch.autograd.Function):
             grad[ignored] = 0
 
         def load_z(lo, hi, out):
-            sel = idx[lo:hi]
-            if flat is not None and flat.dtype == dtype:
-                torch.index_select(flat, 0, sel, out=out)
-            elif flat is not None:
-                out.copy_(flat.index_select(0, sel))
-            else:  # non-contiguous logits (e.g. a slice): gather rows without copying the whole tensor
-                out.copy_(logits[torch.unravel_index(sel, logits.shape[:-1])])
+            _gather_rows(logits, idx[lo:hi], out)
             return targets[lo:hi]
 
         def emit_grad(lo, hi, g):
             grad.index_copy_(0, idx[lo:hi], g.to(grad.dtype))
 
-        loss, sums, draws = _run(
+        ref = job["ref_logits"]
+        load_ref = None if ref is None else lambda lo, hi, out: _gather_rows(ref, idx[lo:hi], out)
+        loss, sums, draws = run_chunks(
             job["obj"], job["prm"], idx.numel(), vocab, dtype, logits.device, load_z, emit_grad,
             job["need_grad"], job["chunk_size"], job["generator"], job["keep_draws"], DEFAULT_CHUNK_BYTES,
+            load_ref,
         )  # fmt: skip
         job.update(sums=sums, n=idx.numel(), draws=draws)
         ctx.grad = grad.view(logits.shape) if grad is not None else None
@@ -271,7 +192,8 @@ def _scale_(t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
 
 class _FusedLinear(torch.autograd.Function):
     """loss = sum_t L_t(z_t), z_t = hidden[t] @ W.T + b (soft-capped: c * tanh(that / c)); logits exist one
-    [chunk, V] tile at a time (a cap keeps its tanh tile for the chain rule: a third block)."""
+    [chunk, V] tile at a time (a cap keeps its tanh tile for the chain rule: a third block). A reference
+    objective's reference logits are built the same way, in the same tiles, from ``job["ref"]``."""
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, job):
@@ -280,7 +202,7 @@ class _FusedLinear(torch.autograd.Function):
         idx = _valid_positions(job["labels"]).to(hidden.device)
         targets = job["labels"].reshape(-1).to(hidden.device).index_select(0, idx).long()
         _check_labels(targets, vocab)
-        dtype = _compute_dtype(weight.dtype)
+        dtype = compute_dtype(weight.dtype)
         need_h, need_w, need_b = job["need"]
         need_grad = need_h or need_w or need_b
         grad_h = torch.zeros_like(h_flat) if need_h else None
@@ -293,13 +215,7 @@ class _FusedLinear(torch.autograd.Function):
         def load_z(lo, hi, out):
             h = h_flat.index_select(0, idx[lo:hi]).to(weight.dtype)
             cache["h"] = h
-            if weight.dtype == dtype:
-                if bias is None:
-                    torch.mm(h, weight.t(), out=out)
-                else:
-                    torch.addmm(bias, h, weight.t(), out=out)
-            else:
-                out.copy_(torch.nn.functional.linear(h, weight, bias))
+            _linear_into(h, weight, bias, out)
             if cap is not None:  # z = cap * tanh(raw / cap); tanh kept for the backward (chunk 1: largest)
                 if need_grad and "t" not in cache:
                     cache["t"] = torch.empty_like(out)
@@ -323,10 +239,21 @@ class _FusedLinear(torch.autograd.Function):
             if need_b:
                 grad_b.add_(g.sum(0))
 
-        loss, sums, draws = _run(
+        load_ref = None
+        if job["ref"] is not None:  # the reference's tile: no gradient, so its cap is applied in place
+            ref_h, ref_w, ref_b, ref_cap = job["ref"]
+            ref_flat = ref_h.reshape(-1, ref_h.shape[-1])
+
+            def load_ref(lo, hi, out):
+                _linear_into(ref_flat.index_select(0, idx[lo:hi]).to(ref_w.dtype), ref_w, ref_b, out)
+                if ref_cap is not None:
+                    out.div_(ref_cap).tanh_().mul_(ref_cap)
+
+        blocks = 3 if cap is not None and need_grad else 2  # the policy's blocks: tanh's is the third
+        loss, sums, draws = run_chunks(
             job["obj"], job["prm"], idx.numel(), vocab, dtype, hidden.device, load_z, emit_grad,
-            need_grad, job["chunk_size"], job["generator"], job["keep_draws"],
-            DEFAULT_TILE_BYTES if cap is None or not need_grad else DEFAULT_TILE_BYTES * 2 // 3,
+            need_grad, job["chunk_size"], job["generator"], job["keep_draws"], DEFAULT_TILE_BYTES * 2 // blocks,
+            load_ref,
         )  # fmt: skip
         job.update(sums=sums, n=idx.numel(), draws=draws)
         ctx.grads = [
@@ -343,6 +270,42 @@ class _FusedLinear(torch.autograd.Function):
             raise RuntimeError("objective backward called twice (retain_graph unsupported)")
         grads, ctx.grads = ctx.grads, None
         return *(None if g is None else _scale_(g, grad_out) for g in grads), None
+
+
+def check_reference(name: str, given: bool, how: str) -> None:
+    """One-line ``ValueError`` unless the reference side is ``given`` exactly when objective ``name``
+    needs it (``params.needs_reference``); ``how`` names the arguments that carry it."""
+    if needs_reference(name) and not given:
+        raise ValueError(f"objective {name!r} needs the frozen reference model's logits: pass {how}")
+    if given and not needs_reference(name):
+        valid = ", ".join(n for n in available() if needs_reference(n))
+        raise ValueError(f"objective {name!r} takes no reference model ({how}); objectives that do: {valid}")
+
+
+def check_softcap(softcap: Any, field: str = "softcap") -> None:
+    """``ValueError`` unless ``softcap`` is None or a finite number > 0."""
+    if softcap is not None and not (isinstance(softcap, (int, float)) and 0 < softcap < float("inf")):
+        raise ValueError(f"{field} must be a finite number > 0 or None (got {softcap!r})")
+
+
+def check_ref_hidden(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    ref_hidden: torch.Tensor | None,
+    ref_weight: torch.Tensor | None,
+) -> None:
+    """The reference's hidden states and head must match the policy's: same positions and vocabulary."""
+    if (ref_hidden is None) != (ref_weight is None):
+        raise ValueError("ref_hidden and ref_weight go together: pass both (the reference's LM head weight)")
+    if ref_hidden is not None and (
+        ref_hidden.shape[:-1] != hidden.shape[:-1]
+        or ref_hidden.shape[-1] != ref_weight.shape[1]
+        or ref_weight.shape[0] != weight.shape[0]
+    ):
+        raise ValueError(
+            f"ref_hidden {tuple(ref_hidden.shape)} and ref_weight {tuple(ref_weight.shape)} do not align with "
+            f"hidden {tuple(hidden.shape)} and weight {tuple(weight.shape)} (same positions, same vocabulary)"
+        )
 
 
 def _job(
@@ -365,7 +328,7 @@ def _job(
 
 def _output(job: dict[str, Any]) -> ObjectiveOutput:
     return ObjectiveOutput(
-        loss=job["loss"], num_tokens=int(job["n"]), metrics=_metrics(job["obj"], job["sums"], job["n"]),
+        loss=job["loss"], num_tokens=int(job["n"]), metrics=metrics(job["obj"], job["sums"], job["n"]),
         draws=job["draws"],
     )  # fmt: skip
 
@@ -375,6 +338,7 @@ def compute(
     logits: torch.Tensor,
     labels: torch.Tensor,
     *,
+    ref_logits: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     chunk_size: int | None = None,
     return_draws: bool = False,
@@ -384,12 +348,18 @@ def compute(
 
     ``params`` are validated (``validate_params``). ``generator`` drives the draws of sampled objectives
     (the global RNG if None); the same generator state gives the same draws and losses, independently of
-    ``chunk_size`` (positions per fp32 block; default: ~32 MiB per block). The returned ``loss`` is the
-    SUM over non-ignored positions and backpropagates into ``logits`` (once).
+    ``chunk_size`` (positions per fp32 block; default: ~32 MiB per block). ``ref_logits`` [..., V]: the
+    frozen reference model's logits at the same positions, required by (and only by) reference objectives
+    (``asft``); no gradient flows into them. The returned ``loss`` is the SUM over non-ignored positions
+    and backpropagates into ``logits`` (once).
     """
     if logits.shape[:-1] != labels.shape:
         raise ValueError(f"logits {tuple(logits.shape)} and labels {tuple(labels.shape)} do not align")
+    check_reference(name, ref_logits is not None, "ref_logits=")
+    if ref_logits is not None and ref_logits.shape != logits.shape:
+        raise ValueError(f"ref_logits {tuple(ref_logits.shape)} and logits {tuple(logits.shape)} differ")
     job = _job(name, labels, generator, chunk_size, return_draws, params)
+    job["ref_logits"] = None if ref_logits is None else ref_logits.detach()
     job["need_grad"] = torch.is_grad_enabled() and logits.requires_grad
     job["loss"] = _FusedLogits.apply(logits, job)
     return _output(job)
@@ -403,6 +373,10 @@ def compute_from_hidden(
     *,
     bias: torch.Tensor | None = None,
     softcap: float | None = None,
+    ref_hidden: torch.Tensor | None = None,
+    ref_weight: torch.Tensor | None = None,
+    ref_bias: torch.Tensor | None = None,
+    ref_softcap: float | None = None,
     generator: torch.Generator | None = None,
     chunk_size: int | None = None,
     return_draws: bool = False,
@@ -417,16 +391,29 @@ def compute_from_hidden(
     the logits ``c * tanh((hidden @ weight.T + bias) / c)`` as those models do (the default tile shrinks
     so that its third block, tanh's, costs no memory). Other logit post-processing (scaling) is not
     supported: use ``compute`` on the model's logits.
+
+    Reference objectives (``asft``) need the frozen reference model's side: ``ref_hidden`` [..., H'] its
+    final hidden states at the same positions, ``ref_weight`` [V, H'] (+ ``ref_bias``, ``ref_softcap``)
+    its LM head. Its logits are built tile by tile in the same tiles as the policy's (one more
+    ``[chunk, V]`` block, the default tile shrinking to match), never as ``[..., V]``; no gradient flows
+    into the reference side.
     """
     if hidden.shape[:-1] != labels.shape or hidden.shape[-1] != weight.shape[1]:
         raise ValueError(
             f"hidden {tuple(hidden.shape)}, weight {tuple(weight.shape)} and labels {tuple(labels.shape)} "
             "do not align"
         )
-    if softcap is not None and not (isinstance(softcap, (int, float)) and 0 < softcap < float("inf")):
-        raise ValueError(f"softcap must be a finite number > 0 or None (got {softcap!r})")
+    check_softcap(softcap)
+    check_softcap(ref_softcap, "ref_softcap")
+    check_reference(name, ref_hidden is not None or ref_weight is not None, "ref_hidden= and ref_weight=")
+    check_ref_hidden(hidden, weight, ref_hidden, ref_weight)
     job = _job(name, labels, generator, chunk_size, return_draws, params)
     job["softcap"] = None if softcap is None else float(softcap)
+    job["ref"] = None
+    if ref_hidden is not None:
+        ref_bias = None if ref_bias is None else ref_bias.detach()
+        cap = None if ref_softcap is None else float(ref_softcap)
+        job["ref"] = (ref_hidden.detach(), ref_weight.detach(), ref_bias, cap)
     grad_on = torch.is_grad_enabled()
     job["need"] = (
         grad_on and hidden.requires_grad,
@@ -444,6 +431,7 @@ __all__ = [
     "METRICS",
     "SAMPLED_METRICS",
     "ObjectiveOutput",
+    "check_reference",
     "compute",
     "compute_from_hidden",
     "merge_metrics",

@@ -19,6 +19,9 @@ Contract of an objective function ``fn(rows: Rows, prm) -> (loss, grad)``
 * No gradient flows through constants: rewards, draws and the weights marked sg are constants.
 * Sampled objectives (``Spec.sampled``) get ``rows.draws`` ``[c, K]``: K ids drawn with replacement
   from pi' by the engine. They must not draw themselves, so results do not depend on the chunking.
+* Reference objectives (``Spec.reference``) get ``rows.ref_logp`` ``[c, V]`` = log pi_ref(. | s_t), the
+  frozen reference model's log-probs (an engine-owned block they may overwrite, like ``p``), and
+  ``rows.kl_ref`` ``[c]`` = KL(pi_ref || pi) (the engine computes it: it is also a logged diagnostic).
 
 ``OBJECTIVES`` pairs each function with its entry in ``params.SPECS`` (parameters, sampled flag,
 summary).
@@ -34,6 +37,7 @@ import torch
 
 from harness.objectives.params import (
     SPECS,
+    ASFTParams,
     EntropySFTParams,
     LabelSmoothingParams,
     NoParams,
@@ -67,6 +71,8 @@ class Rows:
     logp_max: torch.Tensor  # [c] max_v log pi(v)  (for overflow-free tempering)
     draws: torch.Tensor | None  # [c, K] int64 draws (sampled objectives only)
     need_grad: bool
+    ref_logp: torch.Tensor | None = None  # [c, V] log pi_ref(. | s_t) (reference objectives only)
+    kl_ref: torch.Tensor | None = None  # [c] KL(pi_ref || pi) (reference objectives only)
 
 
 Result = tuple[torch.Tensor, torch.Tensor | None]
@@ -90,6 +96,23 @@ def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     for i in range(0, c, rows):
         n = min(rows, c - i)
         torch.sum(torch.mul(a[i : i + n], b[i : i + n], out=buf[:n]), -1, out=out[i : i + n])
+    return out
+
+
+def kl_rows(ref_logp: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
+    """KL(pi_ref || pi) per row: sum_v pi_ref(v) (log pi_ref(v) - log pi(v)), ``[c]``, from two ``[c, V]``
+    log-prob blocks (read only), through two small cache-sized scratches instead of ``[c, V]`` temporaries.
+    """
+    c, vocab = logp.shape
+    rows = max(1, _ROWDOT_ELEMS // vocab)
+    out = torch.empty(c, dtype=logp.dtype, device=logp.device)
+    q = torch.empty(min(rows, c), vocab, dtype=logp.dtype, device=logp.device)
+    diff = torch.empty_like(q)
+    for i in range(0, c, rows):
+        n = min(rows, c - i)
+        torch.exp(ref_logp[i : i + n], out=q[:n])
+        torch.sub(ref_logp[i : i + n], logp[i : i + n], out=diff[:n])
+        torch.sum(diff[:n].mul_(q[:n]), -1, out=out[i : i + n])
     return out
 
 
@@ -214,6 +237,24 @@ def entropy_sft(r: Rows, prm: EntropySFTParams) -> Result:
     return loss, _sub_at_target(r.p.mul_(factor), r.target, 1.0)
 
 
+def asft(r: Rows, prm: ASFTParams) -> Result:
+    """Anchored SFT (arXiv 2509.23753) as LLaMA-Factory implements it (``use_asft_loss``): DFT plus a KL
+    anchor to the frozen reference model, ``F.kl_div(log_softmax(z), softmax(z_ref))``, i.e. the FORWARD
+    KL from the reference, KL(pi_ref || pi) (mass-covering: pi is pulled up wherever pi_ref has mass).
+
+    L = -sg(pi(x)) log pi(x) + alpha sum_v pi_ref(v) [log pi_ref(v) - log pi(v)],  pi_ref constant.
+    dL/dz = pi(x) (pi - e_x) + alpha (pi - pi_ref)  (d/dz of -sum_v pi_ref(v) log pi(v) is pi - pi_ref,
+    as sum_v pi_ref(v) = 1). alpha = 0 is DFT exactly; pi = pi_ref makes the KL term and its gradient 0.
+    """
+    w, alpha = r.p_x, prm.alpha
+    loss = -w * r.logp_x + alpha * r.kl_ref
+    if not r.need_grad:
+        return loss, None
+    q = r.ref_logp.exp_()  # consumes ref_logp: pi_ref
+    grad = r.p.mul_((w + alpha)[:, None]).add_(q, alpha=-alpha)  # (w + alpha) pi - alpha pi_ref
+    return loss, _sub_at_target(grad, r.target, w)
+
+
 # ======================================================================================================
 # Registry: params.SPECS (torch-free) + the formula of each objective
 # ======================================================================================================
@@ -226,6 +267,7 @@ class Objective:
     params: type[ObjectiveParams]
     sampled: bool = False  # draws K tokens per position (params.k, params.tau)
     summary: str = ""
+    reference: bool = False  # needs the reference model's log-probs (rows.ref_logp, rows.kl_ref)
 
 
 _FORMULAS: dict[str, Callable[[Rows, Any], Result]] = {
@@ -236,12 +278,15 @@ _FORMULAS: dict[str, Callable[[Rows, Any], Result]] = {
     "unlikelihood": unlikelihood,
     "label_smoothing": label_smoothing,
     "entropy_sft": entropy_sft,
+    "asft": asft,
 }
 if set(_FORMULAS) != set(SPECS):  # a new objective needs both a Spec and a formula
     raise ImportError(f"params.SPECS and losses._FORMULAS disagree: {sorted(set(_FORMULAS) ^ set(SPECS))}")
 
 OBJECTIVES: dict[str, Objective] = {
-    name: Objective(name, _FORMULAS[name], s.params, sampled=s.sampled, summary=s.summary)
+    name: Objective(
+        name, _FORMULAS[name], s.params, sampled=s.sampled, summary=s.summary, reference=s.reference
+    )
     for name, s in SPECS.items()
 }
 
@@ -257,9 +302,11 @@ __all__ = [
     "UL_MIN_COMPLEMENT",
     "Objective",
     "Rows",
+    "asft",
     "dft",
     "entropy_sft",
     "get",
+    "kl_rows",
     "label_smoothing",
     "otr",
     "otr_exact",

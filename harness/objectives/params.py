@@ -11,18 +11,22 @@ axes with the defaults stated there (K = 256, tau = 1.2, beta = -0.1).
 
 Contract
 --------
-* ``available()`` -> sorted objective names.
+* ``available()`` -> sorted objective names (token-level: each has a formula in ``losses.py``).
+* ``methods()`` -> every name ``objective.name`` accepts: ``available()``, then the methods another
+  trainer runs (``TRAINER_SPECS``: ``grpo``, TRL's GRPOTrainer); ``trainer_of(name)`` says which.
 * ``validate_params(name, params)`` -> a frozen pydantic model with the defaults filled in, or a
   one-line ``ValueError`` naming the objective, the field, what was wrong and the valid choices
   (``objective 'otr': k must be >= 1 (got 0)``). An unknown name also raises ``ValueError``.
 * ``is_sampled(name)`` / ``samples_per_token(name, params)``: whether the objective draws tokens from
   the model, and how many per response token (K, or 0): compute accounting.
+* ``needs_reference(name)``: whether the objective needs the frozen reference model's logits (``asft``):
+  the trainer then loads the run's base model once beside the policy.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 
@@ -33,6 +37,8 @@ IGNORE_INDEX = -100
 # that only sampled objectives add. Definitions: engine.py's module docstring.
 METRICS = ("token_acc", "entropy", "p_gt", "nll")
 SAMPLED_METRICS = ("draw_hit_rate", "no_hit_frac")
+# The diagnostic objectives anchored to a frozen reference model add: KL(pi_ref || pi) per position.
+REFERENCE_METRICS = ("kl_ref",)
 
 
 # ======================================================================================================
@@ -83,6 +89,48 @@ class EntropySFTParams(ObjectiveParams):
     lam: float = Field(0.01, ge=0, validation_alias=AliasChoices("lambda", "lam"), alias="lambda")
 
 
+class ASFTParams(ObjectiveParams):
+    """Anchored SFT (arXiv 2509.23753; LLaMA-Factory's ``use_asft_loss``): DFT + alpha KL(pi_ref || pi)."""
+
+    alpha: float = Field(0.1, ge=0, description="weight of the KL anchor (LLaMA-Factory's asft_alpha)")
+
+
+GRPO_LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo")
+GRPO_REWARDS = ("auto", "toy", "math_verify")
+
+
+class GRPOParams(ObjectiveParams):
+    """GRPO through TRL's ``GRPOTrainer`` (``harness/training/grpo.py``): not a token-level objective but a
+    method with its own trainer. Per prompt, ``num_generations`` completions are sampled from the policy and
+    scored by a verifiable reward against the example's reference answer; the advantages are the rewards
+    normalised within each prompt's group. Names and defaults are ``trl.GRPOConfig``'s (TRL 1.16), except
+    ``reward``, the harness's choice of reward: ``toy`` (the first ``#### N`` of the completion against the
+    reference's, as the toy tasks score), ``math_verify`` (TRL's ``accuracy_reward``: math-verify on the
+    ``\\boxed{}`` answer), ``auto`` (``toy`` for ``toy:`` datasets, else ``math_verify``).
+
+    Batch sizes count completions, as in TRL: one optimizer step trains on ``per_device_train_batch_size``
+    x ``gradient_accumulation_steps`` x processes completions, i.e. that / ``num_generations`` prompts.
+    """
+
+    num_generations: int = Field(8, ge=2, description="completions sampled per prompt (G)")
+    max_completion_length: int = Field(512, ge=1, description="max new tokens per completion")
+    beta: float = Field(0.0, ge=0, description="KL coefficient to the initial policy (0: no reference model)")
+    temperature: float = Field(1.0, gt=0, description="sampling temperature of the completions")
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0, description="0 = no top-k filtering")
+    num_iterations: int = Field(1, ge=1, description="optimizer steps per generated batch (mu)")
+    epsilon: float = Field(0.2, gt=0, description="clipping range (lower; and upper unless epsilon_high)")
+    epsilon_high: float | None = Field(None, gt=0)
+    loss_type: Literal[GRPO_LOSS_TYPES] = "dapo"  # type: ignore[valid-type]
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    mask_truncated_completions: bool = False
+    reward: Literal[GRPO_REWARDS] = "auto"  # type: ignore[valid-type]
+    use_vllm: bool = Field(False, description="generate with vLLM (GPU nodes); else transformers' generate")
+    vllm_mode: Literal["colocate", "server"] = "colocate"
+    vllm_gpu_memory_utilization: float = Field(0.3, gt=0, le=1)
+    vllm_tensor_parallel_size: int = Field(1, ge=1)
+
+
 # ======================================================================================================
 # Registry (torch-free): name -> parameters, sampled flag, one-line summary.
 # losses.OBJECTIVES pairs each entry with its formula; the two registries have the same keys.
@@ -90,12 +138,17 @@ class EntropySFTParams(ObjectiveParams):
 @dataclass(frozen=True)
 class Spec:
     """What planning needs to know about one objective. ``sampled``: draws ``params.k`` tokens per
-    position from softmax(z / ``params.tau``)."""
+    position from softmax(z / ``params.tau``). ``reference``: needs the frozen reference model's logits
+    (the run's base model, loaded once beside the policy)."""
 
     name: str
     params: type[ObjectiveParams]
     sampled: bool = False
     summary: str = ""
+    reference: bool = False
+    # Which trainer runs it: "objective" (the harness's Trainer with the formula in losses.OBJECTIVES) or
+    # another one ("grpo": TRL's GRPOTrainer, harness/training/grpo.py), for methods with no formula.
+    trainer: str = "objective"
 
 
 SPECS: dict[str, Spec] = {
@@ -108,20 +161,40 @@ SPECS: dict[str, Spec] = {
         Spec("unlikelihood", UnlikelihoodParams, sampled=True, summary="CE + sampled UL"),
         Spec("label_smoothing", LabelSmoothingParams, summary="CE vs smoothed target"),
         Spec("entropy_sft", EntropySFTParams, summary="-log pi(x) - lambda H"),
+        Spec("asft", ASFTParams, reference=True, summary="dft + alpha KL(pi_ref || pi)"),
+    ]
+}
+# Methods a sweep names like an objective but that another trainer runs (``Spec.trainer``): no formula,
+# so they stay out of SPECS (which losses.OBJECTIVES mirrors key for key).
+TRAINER_SPECS: dict[str, Spec] = {
+    s.name: s
+    for s in [
+        Spec("grpo", GRPOParams, trainer="grpo", summary="TRL GRPOTrainer: G completions, verifiable reward"),
     ]
 }
 
 
 def available() -> list[str]:
-    """Names of all objectives, sorted."""
+    """Names of all token-level objectives (those with a formula), sorted."""
     return sorted(SPECS)
+
+
+def methods() -> list[str]:
+    """Every name ``objective.name`` accepts: the token-level objectives, sorted, then the trainer methods."""
+    return available() + sorted(TRAINER_SPECS)
 
 
 def spec(name: str) -> Spec:
     """The registry entry of ``name``; ``ValueError`` listing the valid names if there is none."""
-    if name not in SPECS:
-        raise ValueError(f"unknown objective {name!r}; valid: {', '.join(available())}")
-    return SPECS[name]
+    found = SPECS.get(name) or TRAINER_SPECS.get(name)
+    if found is None:
+        raise ValueError(f"unknown objective {name!r}; valid: {', '.join(methods())}")
+    return found
+
+
+def trainer_of(name: str) -> str:
+    """Which trainer runs ``name``: ``"objective"`` (the harness's) or e.g. ``"grpo"`` (TRL's)."""
+    return spec(name).trainer
 
 
 # ======================================================================================================
@@ -171,6 +244,11 @@ def is_sampled(name: str) -> bool:
     return spec(name).sampled
 
 
+def needs_reference(name: str) -> bool:
+    """True for objectives that need the frozen reference model's logits (``asft``)."""
+    return spec(name).reference
+
+
 def samples_per_token(name: str, params: dict[str, Any] | ObjectiveParams | None = None) -> int:
     """Tokens sampled per response token (K for sampled objectives, 0 otherwise): compute accounting."""
     prm = validate_params(name, params)
@@ -180,9 +258,15 @@ def samples_per_token(name: str, params: dict[str, Any] | ObjectiveParams | None
 __all__ = [
     "IGNORE_INDEX",
     "METRICS",
+    "REFERENCE_METRICS",
     "SAMPLED_METRICS",
     "SPECS",
+    "ASFTParams",
+    "GRPO_LOSS_TYPES",
+    "GRPO_REWARDS",
+    "TRAINER_SPECS",
     "EntropySFTParams",
+    "GRPOParams",
     "LabelSmoothingParams",
     "NoParams",
     "OTRExactParams",
@@ -192,7 +276,10 @@ __all__ = [
     "UnlikelihoodParams",
     "available",
     "is_sampled",
+    "methods",
+    "needs_reference",
     "samples_per_token",
     "spec",
+    "trainer_of",
     "validate_params",
 ]

@@ -351,6 +351,7 @@ COMPUTE_FIELDS = [
     "steps",
     "response_tokens",
     "sampled_tokens",
+    "generated_tokens",
     "peak_memory_mb",
     "flos",
 ]

@@ -33,6 +33,7 @@ CURVE_KEYS = [
     ("entropy", "entropy (nats)"),
     ("p_gt", "p(ground truth)"),
     ("draw_hit_rate", "ground-truth hit rate of draws"),
+    ("reward", "reward (GRPO, mean)"),
 ]
 
 
@@ -329,15 +330,32 @@ COMPUTE_PANELS = [
     ("wall_time_s", "wall time (s)"),
     ("response_tokens", "response tokens"),
     ("sampled_tokens", "sampled tokens"),
+    ("generated_tokens", "generated tokens"),
     ("peak_memory_mb", "peak memory (MB)"),
 ]
+# Drawn only when some run has a non-zero value (a sweep without GRPO keeps its figure as it was).
+_NONZERO_PANELS = {"generated_tokens"}
+
+
+def generates(summaries: pd.DataFrame) -> bool:
+    """Whether some run of ``summaries`` generated completions (GRPO): the report then also compares
+    methods by estimated FLOs, which count generation beside training."""
+    return "generated_tokens" in summaries and bool(
+        (pd.to_numeric(summaries["generated_tokens"], errors="coerce").fillna(0) > 0).any()
+    )
 
 
 def plot_compute(summaries: pd.DataFrame, out_dir: Path, cmap: dict[str, str]) -> Path | None:
-    """Bars per method (mean over seeds, error bar = std): wall time, tokens, sampled tokens, peak memory."""
+    """Bars per method (mean over seeds, error bar = std): wall time, tokens, sampled tokens, generated
+    tokens (when some run generated), peak memory."""
     if summaries.empty:
         return None
-    panels = [(k, t) for k, t in COMPUTE_PANELS if pd.to_numeric(summaries[k], errors="coerce").notna().any()]
+    panels = [
+        (k, t)
+        for k, t in COMPUTE_PANELS
+        if pd.to_numeric(summaries[k], errors="coerce").notna().any()
+        and (k not in _NONZERO_PANELS or generates(summaries))
+    ]
     if not panels:
         return None
     methods = list(dict.fromkeys(summaries["method"]))
@@ -359,7 +377,9 @@ def plot_compute(summaries: pd.DataFrame, out_dir: Path, cmap: dict[str, str]) -
 def plot_score_vs_compute(
     results: pd.DataFrame, summaries: pd.DataFrame, out_dir: Path, cmap: dict[str, str]
 ) -> Path | None:
-    """Each trained run: its mean score over the in-domain (and OOD) tasks against its wall time."""
+    """Each trained run: its mean score over the in-domain (and OOD) tasks against its wall time; when some
+    run generated completions (GRPO), a second row against the estimated FLOs, which count generation and
+    the no-grad forwards beside training (``harness/training/grpo_trainer.py``)."""
     if (
         results.empty
         or summaries.empty
@@ -371,11 +391,16 @@ def plot_score_vs_compute(
     splits = [s for s in ("id", "ood") if s in df]
     if df.empty or not splits:
         return None
-    fig, axes = _grid(len(splits), width=3.8, height=3.0)
-    for ax, split in zip(axes, splits, strict=True):
+    xs = [("wall_time_s", "training wall time (s)")]
+    if generates(summaries) and pd.to_numeric(df["flos"], errors="coerce").notna().any():
+        xs.append(("flos", "estimated FLOs (training + generation)"))
+    fig, axes = _grid(len(splits) * len(xs), width=3.8, height=3.0, max_cols=len(splits))
+    panels = [(x, split) for x in xs for split in splits]
+    for ax, ((key, xlabel), split) in zip(axes, panels, strict=True):
         for m, g in df.groupby("method", sort=False):
-            ax.scatter(g["wall_time_s"], 100 * g[split], color=cmap.get(m, "k"), s=22, label=str(m))
-        ax.set_xlabel("training wall time (s)")
+            x = pd.to_numeric(g[key], errors="coerce")
+            ax.scatter(x, 100 * g[split], color=cmap.get(m, "k"), s=22, label=str(m))
+        ax.set_xlabel(xlabel)
         ax.set_ylabel("mean score (%)")
         ax.set_title({"id": "in-domain tasks", "ood": "OOD tasks"}[split])
         ax.grid(alpha=0.3)

@@ -17,6 +17,7 @@ import pandas as pd
 from harness.report import tuning
 from harness.report.data import Comparison
 from harness.report.markup import Table, fence, fmt_lr, md_text
+from harness.report.plots import generates
 from harness.report.tables import (
     beta_pairs,
     compare_table,
@@ -191,6 +192,21 @@ def compute(summaries: pd.DataFrame, sft: str | None, figures: Figures) -> Secti
         "compute",
         "Compute",
         p("From each run's train/summary.json; mean ± std over seeds."),
+        *(
+            [
+                p(
+                    "Generated tokens are GRPO's sampled completions (each also trained on, so they count in "
+                    "the response tokens too); sampled tokens are OTR's K draws per response token. Methods "
+                    "are compared by training wall time on the machine each run ran on (generation, rewards "
+                    "and the reference model included) and by estimated FLOs: 6 N per token of each trained "
+                    "batch (N = parameters without embeddings; padding included, as transformers counts) "
+                    "plus, for GRPO, 2 N per token of each forward without gradient (generation, the "
+                    "reference model when beta is not 0, the old policy when num_iterations is not 1)."
+                )
+            ]
+            if generates(summaries)
+            else []
+        ),
         t(compute_table(summaries, sft)),
         fig(figures, "compute", "Compute per method"),
         fig(figures, "score_vs_compute", "Score vs compute"),

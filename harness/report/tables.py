@@ -111,6 +111,7 @@ def compute_table(summaries: pd.DataFrame, sft: str | None) -> Table:
         ("steps", "steps"),
         ("response_tokens", "response tokens"),
         ("sampled_tokens", "sampled tokens"),
+        ("generated_tokens", "generated tokens"),
         ("peak_memory_mb", "peak memory (MB)"),
         ("flos", "FLOs"),
     ]

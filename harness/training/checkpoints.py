@@ -32,18 +32,28 @@ def checkpoint_path(train_dir: Path, step: int) -> Path:
     return checkpoint_dir(train_dir, step)
 
 
-def write_counters(checkpoint: Path, tokens_seen: int, sampled_tokens: int) -> None:
+def write_counters(
+    checkpoint: Path, tokens_seen: int, sampled_tokens: int, generated_tokens: int | None = None
+) -> None:
     """Write the run's cumulative token counters into ``checkpoint``: this marks it complete, so call it
-    only after everything else of the checkpoint is on disk."""
-    atomic_write_json(
-        Path(checkpoint) / COUNTERS_FILE, {"tokens_seen": tokens_seen, "sampled_tokens": sampled_tokens}
-    )
+    only after everything else of the checkpoint is on disk. ``generated_tokens``: GRPO's completion
+    tokens (written only when given, so token-level runs keep their two counters)."""
+    counters = {"tokens_seen": tokens_seen, "sampled_tokens": sampled_tokens}
+    if generated_tokens is not None:
+        counters["generated_tokens"] = generated_tokens
+    atomic_write_json(Path(checkpoint) / COUNTERS_FILE, counters)
 
 
 def read_counters(checkpoint: Path) -> tuple[int, int]:
     """``(tokens_seen, sampled_tokens)`` saved in a complete checkpoint."""
     counters = json.loads((Path(checkpoint) / COUNTERS_FILE).read_text())
     return counters["tokens_seen"], counters["sampled_tokens"]
+
+
+def read_generated_tokens(checkpoint: Path) -> int:
+    """GRPO's cumulative generated tokens saved in a complete checkpoint (0 when it has none)."""
+    counters = json.loads((Path(checkpoint) / COUNTERS_FILE).read_text())
+    return int(counters.get("generated_tokens", 0))
 
 
 def _numbered(train_dir: Path) -> list[Path]:

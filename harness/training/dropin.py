@@ -88,6 +88,11 @@ class FusedObjectiveMixin:
     ):
         params = dict(objective_params or {})
         objectives.validate_params(objective, params)  # a typo fails here, not at the first step
+        if objectives.needs_reference(objective):  # this mixin loads no second model
+            raise ValueError(
+                f"objective {objective!r} needs a frozen reference model, which FusedObjectiveMixin does not "
+                "load: use harness.training.trainer.ObjectiveTrainer(reference_model=...)"
+            )
         super().__init__(*args, **kwargs)
         self.objective_name = objective
         self.objective_params = params

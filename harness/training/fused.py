@@ -31,6 +31,13 @@ any forward whose logits are not the head's output (soft-capped as configured), 
 
 Labels: ``FusedObjective.labels`` ``[B, T]`` are aligned with the hidden states (``labels[b, t]`` is the
 target of position t; -100 = ignored), i.e. already shifted; ``fused_loss`` shifts HF-style labels.
+
+Reference objectives (``asft``: DFT + a KL anchor to the frozen base model) need the reference model's
+logits too. ``reference_head(ref_model, inputs)`` runs the reference's own forward with a *capture*
+request waiting on its head: the head hands back its input (the reference's final hidden states
+``[B, T, H]``) and its weight, bias and soft-cap (``ReferenceHead``) instead of computing logits, so the
+reference's ``[B, T, V]`` logits never exist either. ``FusedObjective(reference=...)`` passes it to
+``objectives.compute_from_hidden``, which builds the reference's logits in the same tiles as the policy's.
 """
 
 from __future__ import annotations
@@ -59,6 +66,31 @@ class FusedHeadError(ValueError):
 
 
 @dataclass
+class ReferenceHead:
+    """The frozen reference model's side of a reference objective on the fused path: its final hidden
+    states ``hidden`` ``[B, T, H]`` (detached) at the policy's positions and its LM head (``weight``
+    ``[V, H]``, ``bias``, ``softcap``); ``objectives.compute_from_hidden`` turns them into logits tile
+    by tile."""
+
+    hidden: torch.Tensor
+    weight: torch.Tensor
+    bias: torch.Tensor | None = None
+    softcap: float | None = None
+
+
+@dataclass
+class HeadCapture:
+    """A request that asks the LM head for its input instead of an objective: the served result is the
+    ``ReferenceHead`` of this forward (``reference_head`` sends it)."""
+
+    def compute(
+        self, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, softcap: float | None
+    ) -> ReferenceHead:
+        bias = None if bias is None else bias.detach()
+        return ReferenceHead(hidden.detach(), weight.detach(), bias, softcap)
+
+
+@dataclass
 class FusedObjective:
     """A request for objective ``name`` from the LM head, passed as ``model(..., fused_objective=...)``.
 
@@ -66,7 +98,8 @@ class FusedObjective:
     objective's parameters (``objectives.validate_params``). ``generator`` drives sampled objectives'
     draws exactly as in ``objectives.compute``. ``per_sequence``: one ``ObjectiveOutput`` per row (in row
     order, sharing ``generator``) instead of one for the batch. ``implementation``: ``engine`` (tiles) or
-    ``reference`` (materialises the logits; for tests).
+    ``reference`` (materialises the logits; for tests). ``reference``: the frozen reference model's final
+    hidden states and head (``reference_head``), for (and only for) reference objectives (``asft``).
     """
 
     name: str
@@ -76,6 +109,7 @@ class FusedObjective:
     per_sequence: bool = False
     chunk_size: int | None = None
     implementation: str = "engine"
+    reference: ReferenceHead | None = None
 
     def compute(
         self, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, softcap: float | None
@@ -86,14 +120,32 @@ class FusedObjective:
                 f"fused objective: the LM head saw hidden states {tuple(hidden.shape)} but labels are "
                 f"{tuple(self.labels.shape)} (logits_to_keep must stay 0)"
             )
+        ref = self.reference
+        if ref is not None and ref.hidden.shape[:-1] != self.labels.shape:
+            raise ValueError(
+                f"fused objective: the reference's hidden states {tuple(ref.hidden.shape)} do not match the "
+                f"labels {tuple(self.labels.shape)} (run the reference on the same inputs)"
+            )
         kw = dict(
             bias=bias, softcap=softcap, generator=self.generator, chunk_size=self.chunk_size,
             implementation=self.implementation, **self.params,
         )  # fmt: skip
+        if ref is not None:
+            kw.update(ref_weight=ref.weight, ref_bias=ref.bias, ref_softcap=ref.softcap)
         if not self.per_sequence:
-            return objectives.compute_from_hidden(self.name, hidden, weight, self.labels, **kw)
+            ref_hidden = None if ref is None else ref.hidden
+            return objectives.compute_from_hidden(
+                self.name, hidden, weight, self.labels, ref_hidden=ref_hidden, **kw
+            )
         return [
-            objectives.compute_from_hidden(self.name, hidden[i], weight, self.labels[i], **kw)
+            objectives.compute_from_hidden(
+                self.name,
+                hidden[i],
+                weight,
+                self.labels[i],
+                ref_hidden=None if ref is None else ref.hidden[i],
+                **kw,
+            )
             for i in range(self.labels.shape[0])
         ]
 
@@ -102,7 +154,7 @@ class FusedObjective:
 class _Pending:
     """A request waiting on the head during one forward, and its result once served."""
 
-    request: FusedObjective
+    request: FusedObjective | HeadCapture
     softcap: float | None
     result: Any = None
 
@@ -200,9 +252,11 @@ def _head_forward(self: nn.Linear, hidden: torch.Tensor) -> torch.Tensor:
     return hidden.new_zeros(*hidden.shape[:-1], 0)
 
 
-def _run_fused(state: _FusedState, request: FusedObjective, args: tuple, kwargs: dict[str, Any]) -> Any:
+def _run_fused(
+    state: _FusedState, request: FusedObjective | HeadCapture, args: tuple, kwargs: dict[str, Any]
+) -> Any:
     """The original forward with ``request`` waiting on the head; the served result."""
-    if not isinstance(request, FusedObjective):
+    if not isinstance(request, FusedObjective | HeadCapture):
         raise TypeError(f"fused_objective must be a FusedObjective, got {type(request).__name__}")
     if kwargs.get("labels") is not None:
         raise ValueError("fused objective: pass the labels in FusedObjective, not as labels=")
@@ -329,6 +383,19 @@ def _probe(lm: nn.Module, state: _FusedState) -> None:
         raise _refuse(lm, f"post-processes its logits (they are not its head's output, {cap})")
 
 
+def reference_head(model: nn.Module, inputs: Mapping[str, Any]) -> ReferenceHead:
+    """The final hidden states ``[B, T, H]`` and LM head of ``model`` on ``inputs``, from its own forward
+    (every hook, ``position_ids`` of packed rows, masks: as for the policy), without computing logits.
+
+    ``model`` may be wrapped (PEFT, ...); it is enabled on first use. The forward runs as the caller set
+    it up: a frozen reference wants ``torch.no_grad()`` and ``eval()`` around this call.
+    """
+    enable_fused_objective(model)
+    kwargs = {k: v for k, v in inputs.items() if k not in ("labels", "shift_labels", "num_items_in_batch")}
+    kwargs.setdefault("use_cache", False)
+    return model(**kwargs, fused_objective=HeadCapture())
+
+
 def shift_labels(labels: torch.Tensor) -> torch.Tensor:
     """HF-style labels ``[B, T]`` (``labels[t]`` = token t) -> aligned targets: ``out[:, t] = labels[:, t+1]``,
     the last position ignored (-100). Packed rows need a -100 at each example's first token (transformers'
@@ -345,6 +412,7 @@ def fused_loss(
     generator: torch.Generator | None = None,
     *,
     chunk_size: int | None = None,
+    reference_model: nn.Module | None = None,
     **params: Any,
 ) -> objectives.ObjectiveOutput:
     """Objective ``name`` on ``batch`` through ``model``'s fused LM head, for one's own training loop.
@@ -356,6 +424,9 @@ def fused_loss(
     ``num_tokens`` their count, so ``(out.loss / out.num_tokens).backward()`` is the per-token mean.
     Equal (loss, metrics, gradients, draws for the same ``generator`` state) to
     ``objectives.compute(name, logits, shift_labels(labels), ...)`` on the model's logits.
+    ``reference_model``: the frozen reference of a reference objective (``asft``); its forward runs on the
+    same batch under ``torch.no_grad()`` (put it in ``eval()`` yourself), equal to ``ref_logits=`` its
+    logits.
     """
     inputs = dict(batch)
     labels, aligned = inputs.pop("labels", None), inputs.pop("shift_labels", None)
@@ -366,13 +437,19 @@ def fused_loss(
         aligned = shift_labels(labels)
     inputs.setdefault("use_cache", False)
     enable_fused_objective(model)
-    spec = FusedObjective(name, aligned, params, generator, chunk_size=chunk_size)
+    reference = None
+    if reference_model is not None:
+        with torch.no_grad():
+            reference = reference_head(reference_model, inputs)
+    spec = FusedObjective(name, aligned, params, generator, chunk_size=chunk_size, reference=reference)
     return model(**inputs, fused_objective=spec)
 
 
 __all__ = [
     "FusedHeadError",
     "FusedObjective",
+    "HeadCapture",
+    "ReferenceHead",
     "causal_lm",
     "check_fusable",
     "disable_fused_objective",
@@ -380,5 +457,6 @@ __all__ = [
     "fused_head",
     "fused_loss",
     "is_enabled",
+    "reference_head",
     "shift_labels",
 ]

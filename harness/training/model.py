@@ -3,6 +3,9 @@
 LoRA (``lora:``): only the adapters train and are checkpointed; at the end the adapter is saved to
 ``train/adapter/`` and merged into a fresh copy of the base for ``train/final/``, a plain HF model
 directory (lm-eval's ``hf`` backend and vLLM load it without peft).
+
+Reference objectives (``asft``): ``load_reference`` loads the frozen base once more beside the policy
+(not with LoRA: the policy with its adapters disabled is the base); ``reference.py`` runs it.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import torch
 from transformers import AutoModelForCausalLM, Trainer
 
 from harness.config import ConfigError, RunConfig
+from harness.objectives import needs_reference
 from harness.runs.layout import RunDir
 from harness.toy import resolve as resolve_ref
 
@@ -31,6 +35,23 @@ def load_model(cfg: RunConfig, model_path: str):
     if cfg.attn_implementation is not None:
         kwargs["attn_implementation"] = cfg.attn_implementation
     return AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
+
+
+def load_reference(cfg: RunConfig, model_path: str):
+    """The frozen reference model of an objective that needs one (``asft``): the run's base model loaded
+    once more, exactly as the policy was (same path, dtype, attention), ``eval()``, no gradients.
+
+    ``None`` when the objective needs no reference, and with LoRA, whose reference is the policy with its
+    adapters disabled (no second copy of the weights). Costs a second copy of the weights on every
+    process (``training/reference.py``).
+    """
+    if cfg.objective is None or not needs_reference(cfg.objective.name) or cfg.lora is not None:
+        return None
+    reference = load_model(cfg, model_path)
+    reference.eval()
+    reference.requires_grad_(False)
+    log.info("objective %s: frozen reference model loaded from %s", cfg.objective.name, model_path)
+    return reference
 
 
 def add_lora(cfg: RunConfig, model):

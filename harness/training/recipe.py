@@ -5,7 +5,8 @@ data (validated before any model is loaded) -> model (+ LoRA adapters) -> Traine
 -> resume (from the last complete checkpoint, if there is one) -> train -> save the final model atomically
 -> write the summary. The pieces live beside it: ``trainer`` (the objective inside the Trainer's loss, the
 metrics log), ``checkpoints`` (what a resume reads and cleans up), ``model`` (load, LoRA, final save),
-``data`` (load, template, tokenize, mask prompts).
+``data`` (load, template, tokenize, mask prompts), ``phases`` (arguments, tokenizer, resume point, summary:
+shared with ``grpo``, the recipe of GRPO runs, to which ``train`` and ``preflight`` hand them over).
 
 Checkpoints: ``training: {save_strategy: steps, save_steps: N, save_total_limit: M}`` (TrainingArguments
 names) keeps the last M checkpoints in ``train/checkpoint-*``; a re-run resumes from the last one with the
@@ -32,23 +33,28 @@ summary on rank 0 and ``None`` elsewhere.
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
-import torch
-from transformers import AutoTokenizer, TrainingArguments, set_seed
+from transformers import TrainingArguments, set_seed
 
-from harness.config import ConfigError, RunConfig
-from harness.runs.io import atomic_write_json, read_jsonl
-from harness.runs.layout import RunDir, checkpoint_step
+from harness.config import RunConfig
+from harness.objectives.params import trainer_of
+from harness.runs.io import atomic_write_json
+from harness.runs.layout import RunDir
 from harness.toy import resolve as resolve_ref
-from harness.training.checkpoints import last_complete_checkpoint, remove_torn_checkpoints, truncate_metrics
 from harness.training.data import Collator, PackingCollator, build_dataset
-from harness.training.model import add_lora, load_model, save_final
-from harness.training.trainer import CheckpointCounters, MetricsLog, ObjectiveTrainer, peak_memory_mb
+from harness.training.model import add_lora, load_model, load_reference, save_final
+from harness.training.phases import (
+    DEVICE_FLAGS,
+    build_arguments,
+    check_optimizer,
+    compute_summary,
+    load_tokenizer,
+    prepare_resume,
+)
+from harness.training.trainer import CheckpointCounters, MetricsLog, ObjectiveTrainer
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +62,14 @@ log = logging.getLogger(__name__)
 def train(cfg: RunConfig, run: RunDir) -> dict[str, Any] | None:
     """Fine-tune ``cfg.model`` with ``cfg.objective`` on ``cfg.dataset``; write into ``run``.
 
-    Returns the summary on the main process, ``None`` on the others of a multi-process run.
+    Returns the summary on the main process, ``None`` on the others of a multi-process run. A method that
+    another trainer runs (``objective: {name: grpo}``: TRL's GRPOTrainer) goes to its own recipe.
     """
+    assert cfg.objective is not None, "train() needs an objective"
+    if trainer_of(cfg.objective.name) == "grpo":
+        from harness.training import grpo  # imports TRL only for GRPO runs
+
+        return grpo.train(cfg, run)
     started = time.time()
     trainer, data_stats = build_trainer(cfg, run)
     checkpoint = prepare_resume(trainer, run)
@@ -91,6 +103,7 @@ def build_trainer(cfg: RunConfig, run: RunDir) -> tuple[ObjectiveTrainer, dict[s
         dataset = build_dataset(cfg.dataset, data_path, tokenizer, data_stats)
     # 4. Model, + LoRA adapters.
     model = load_model(cfg, model_path)
+    reference = load_reference(cfg, model_path)  # asft's frozen base (None otherwise, and with LoRA)
     if cfg.lora is not None:
         model = add_lora(cfg, model)
     # 5. The Trainer, with the objective in its loss.
@@ -106,6 +119,7 @@ def build_trainer(cfg: RunConfig, run: RunDir) -> tuple[ObjectiveTrainer, dict[s
         run_seed=cfg.seed,
         loss_normalization=cfg.loss_normalization,
         training_path=cfg.training_path,
+        reference_model=reference,
     )
     trainer.add_callback(CheckpointCounters(trainer))
     return trainer, data_stats
@@ -113,38 +127,7 @@ def build_trainer(cfg: RunConfig, run: RunDir) -> tuple[ObjectiveTrainer, dict[s
 
 def training_arguments(cfg: RunConfig, run: RunDir) -> TrainingArguments:
     """transformers' arguments of this run; values transformers rejects become a ``ConfigError``."""
-    return _arguments(cfg, str(run.train_dir))
-
-
-# Flags whose validity depends on the machine's devices: not checked where the runs execute elsewhere.
-_DEVICE_FLAGS = ("bf16", "fp16", "tf32", "bf16_full_eval", "fp16_full_eval")
-
-
-def _arguments(cfg: RunConfig, output_dir: str, drop: tuple[str, ...] = ()) -> TrainingArguments:
-    values = {"dataloader_pin_memory": torch.cuda.is_available(), **cfg.training_arguments()}
-    try:
-        return TrainingArguments(
-            output_dir=output_dir,
-            seed=cfg.seed,
-            data_seed=cfg.seed,
-            remove_unused_columns=False,  # keep `shift_labels` for the objective
-            disable_tqdm=not os.isatty(2),
-            **{k: v for k, v in values.items() if k not in drop},
-        )
-    except (ValueError, TypeError) as e:  # e.g. bf16 without a bf16-capable device
-        raise ConfigError(f"training: {(str(e).strip().splitlines() or [type(e).__name__])[0]}") from None
-
-
-def load_tokenizer(model_path: str):
-    """The model's tokenizer (pad token = EOS when it has none); a path it cannot load is a ``ConfigError``."""
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(model_path)
-    except (OSError, ValueError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ConfigError(f"model: cannot load a tokenizer from '{model_path}' ({first})") from None
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
+    return build_arguments(cfg, str(run.train_dir))
 
 
 def preflight(cfg: RunConfig, *, data: bool = True, device_check: bool = True) -> None:
@@ -158,87 +141,14 @@ def preflight(cfg: RunConfig, *, data: bool = True, device_check: bool = True) -
     """
     if not cfg.is_training:
         return
-    assert cfg.dataset is not None
+    assert cfg.dataset is not None and cfg.objective is not None
+    if trainer_of(cfg.objective.name) == "grpo":
+        from harness.training import grpo
+
+        return grpo.preflight(cfg, data=data, device_check=device_check)
     with tempfile.TemporaryDirectory(prefix="otr-harness-preflight-") as tmp:
-        args = _arguments(cfg, tmp, () if device_check else _DEVICE_FLAGS)
-        _check_optimizer(args)
+        args = build_arguments(cfg, tmp, () if device_check else DEVICE_FLAGS)
+        check_optimizer(args)
     if data:
         tokenizer = load_tokenizer(resolve_ref(cfg.model, cfg.toy))
         build_dataset(cfg.dataset, resolve_ref(cfg.dataset.path, cfg.toy), tokenizer, quiet=True)
-
-
-def _check_optimizer(args: TrainingArguments) -> None:
-    """Instantiate the optimizer ``args`` selects on one dummy parameter: its own argument checks run."""
-    from transformers import Trainer
-
-    try:
-        cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args)
-        param = torch.nn.Parameter(torch.zeros(1))
-        cls([{"params": [param], "weight_decay": args.weight_decay}], **kwargs)
-    except (ValueError, TypeError, ImportError, RuntimeError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        if "pass a model" in first or "pass a `model`" in first:
-            return  # GaLore, APOLLO, LOMO need the model itself: their checks run when the run starts
-        optim = getattr(args.optim, "value", args.optim)
-        optim = f"{optim}' with optim_args '{args.optim_args}" if args.optim_args else optim
-        raise ConfigError(
-            f"training.optim: the optimizer '{optim}' rejects these settings: {first}"
-        ) from None
-
-
-def prepare_resume(trainer: ObjectiveTrainer, run: RunDir) -> Path | None:
-    """The checkpoint to resume from (None: start afresh), with the run directory made consistent with it.
-
-    Collective: all processes call it. Rank 0 removes what a killed attempt left after the resume point
-    (torn checkpoints, log lines) once every process has chosen the checkpoint; all restore its counters.
-    """
-    checkpoint = last_complete_checkpoint(run.train_dir)
-    trainer.accelerator.wait_for_everyone()  # every process has looked before rank 0 cleans up
-    if trainer.is_world_process_zero():
-        run.train_dir.mkdir(parents=True, exist_ok=True)
-        remove_torn_checkpoints(run.train_dir, checkpoint)
-        if checkpoint:
-            truncate_metrics(run.metrics_file, checkpoint_step(checkpoint))
-        else:
-            run.metrics_file.unlink(missing_ok=True)
-    if checkpoint:
-        log.info("resuming from %s", checkpoint)
-        CheckpointCounters.restore(trainer, checkpoint)
-    trainer.accelerator.wait_for_everyone()
-    return checkpoint
-
-
-def compute_summary(
-    cfg: RunConfig,
-    run: RunDir,
-    trainer: ObjectiveTrainer,
-    result: Any,
-    data_stats: dict[str, Any],
-    started: float,
-) -> dict[str, Any]:
-    """Compute accounting of the finished run (``train/summary.json``; the report's compute table reads it).
-
-    ``result`` is ``Trainer.train``'s ``TrainOutput``; ``started`` the ``time.time()`` the recipe began at.
-    """
-    assert cfg.objective is not None
-    losses = [r["loss"] for r in read_jsonl(run.metrics_file)]
-    return {
-        "objective": cfg.objective.name,
-        "objective_params": cfg.objective.params,
-        "steps": trainer.state.global_step,
-        "train_loss": result.training_loss,
-        "final_logged_loss": losses[-1] if losses else None,
-        "wall_time_s": time.time() - started,
-        "train_runtime_s": result.metrics.get("train_runtime"),
-        "response_tokens": trainer.tokens_seen,
-        "sampled_tokens": trainer.sampled_tokens,
-        "flos": trainer.state.total_flos,
-        "peak_memory_mb": peak_memory_mb(),  # of the main process
-        "num_processes": trainer.args.world_size,
-        "num_parameters": trainer.model.num_parameters(),
-        "num_trainable_parameters": trainer.model.num_parameters(only_trainable=True),
-        "num_examples": len(trainer.train_dataset),
-        "num_truncated": data_stats["num_truncated"],
-        "num_no_response": data_stats["num_no_response"],
-        "loss_normalization": cfg.loss_normalization,
-    }

@@ -18,6 +18,11 @@ states, so neither the ``[B, T, V]`` logits nor their gradient ever exist); ``lo
 takes ``model(...).logits`` and hands them to ``objectives.compute``. Normalisation, diagnostics and
 draws are the same on both.
 
+Reference objectives (``asft``) also need the frozen reference model's logits: ``reference_model=`` (the
+base model loaded once more; ``model.load_reference``), or, for a LoRA policy, nothing (the policy with
+its adapters disabled). Every micro-batch runs the reference's no-grad forward on the same inputs first
+(``reference.py``: what it costs, what is refused), and its KL to the policy is logged as ``kl_ref``.
+
 Sampling objectives (OTR) draw from a generator seeded by ``micro_batch_seed`` (run seed, step,
 micro-batch, rank), so a run resumed from a checkpoint redraws exactly what the uninterrupted run drew.
 
@@ -45,6 +50,7 @@ from harness.training import fused
 from harness.training.checkpoints import checkpoint_path, read_counters, write_counters
 from harness.training.data import IGNORE_INDEX
 from harness.training.dropin import MicroBatchGenerators, micro_batch_seed
+from harness.training.reference import ReferenceModel
 
 TRAINING_PATHS = ("fused", "logits")
 __all__ = ["ObjectiveTrainer", "MetricsLog", "CheckpointCounters", "micro_batch_seed", "peak_memory_mb"]
@@ -62,7 +68,8 @@ class ObjectiveTrainer(Trainer):
 
     ``training_path``: ``"fused"`` (default: the model is patched here, before accelerate wraps it; a
     model whose head cannot be fused raises ``ConfigError``, one line naming ``training_path``, the model
-    type, the reason and the way out) or ``"logits"`` (the reference path).
+    type, the reason and the way out) or ``"logits"`` (the reference path). ``reference_model``: the
+    frozen base model of a reference objective (``asft``); None with LoRA (adapters disabled instead).
     """
 
     # We normalise by the global token count ourselves, so the Trainer must not divide by the number of
@@ -77,6 +84,7 @@ class ObjectiveTrainer(Trainer):
         run_seed: int,
         loss_normalization: str = "tokens",
         training_path: str = "fused",
+        reference_model: torch.nn.Module | None = None,
         **kwargs,
     ):
         if loss_normalization not in ("tokens", "sequences"):
@@ -99,6 +107,7 @@ class ObjectiveTrainer(Trainer):
         self.objective_name = objective_name
         self.objective_params = objective_params
         self.run_seed = run_seed
+        self.reference = self._reference(reference_model)
         # Make the Trainer count the response tokens of the whole accumulated batch (it does so only for
         # models that take loss kwargs); our collator provides `shift_labels`, which it counts as they are.
         self.model_accepts_loss_kwargs = True
@@ -109,6 +118,25 @@ class ObjectiveTrainer(Trainer):
         self._diag: dict[str, float] = defaultdict(float)
         self.tokens_seen = 0  # all processes, whole run (restored on resume)
         self.sampled_tokens = 0
+
+    def _reference(self, model: torch.nn.Module | None) -> ReferenceModel | None:
+        """The frozen reference of a reference objective (None for the others); refusals in one line."""
+        name = self.objective_name
+        if not objectives.needs_reference(name):
+            if model is not None:
+                raise ValueError(f"objective {name!r} takes no reference model (reference_model= given)")
+            return None
+        if self.is_fsdp_enabled or self.is_deepspeed_enabled:
+            raise ConfigError(
+                f"launcher: objective {name!r} needs a frozen reference model, which the harness does not "
+                "shard: train it without FSDP / DeepSpeed (one process, or plain DDP)"
+            )
+        if self.training_path == "fused" and model is not None:
+            try:  # the reference's head is read like the policy's: it must be fusable too
+                fused.enable_fused_objective(model)
+            except fused.FusedHeadError as e:
+                raise ConfigError(f"training_path: {str(e).removeprefix('fused training path: ')}") from None
+        return ReferenceModel.for_policy(self.model, model, name, self.accelerator.autocast)
 
     def _generator(self, device: torch.device) -> torch.Generator:
         """A generator seeded from (run seed, step, micro-batch, rank): same run -> same draws, also on resume."""
@@ -131,19 +159,26 @@ class ObjectiveTrainer(Trainer):
         return super()._get_num_items_in_batch(batch_samples, device)
 
     def _objective(
-        self, logits: torch.Tensor, labels: torch.Tensor
+        self, logits: torch.Tensor, labels: torch.Tensor, ref_logits: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, objectives.ObjectiveOutput]:
-        """The numerator of the loss, and the objective's output (for its token-weighted diagnostics)."""
+        """The numerator of the loss, and the objective's output (for its token-weighted diagnostics).
+        ``ref_logits``: the reference model's logits (reference objectives only)."""
         generator = self._generator(logits.device)
         if self.loss_normalization == "tokens":
             out = objectives.compute(
-                self.objective_name, logits, labels, generator=generator, **self.objective_params
-            )
+                self.objective_name, logits, labels, ref_logits=ref_logits, generator=generator,
+                **self.objective_params,
+            )  # fmt: skip
             return out.loss, out
         # sequences: the objective per sequence (one call per row, same generator in row order)
         rows = [
             objectives.compute(
-                self.objective_name, logits[i], labels[i], generator=generator, **self.objective_params
+                self.objective_name,
+                logits[i],
+                labels[i],
+                generator=generator,
+                **self.objective_params,
+                ref_logits=None if ref_logits is None else ref_logits[i],
             )
             for i in range(labels.shape[0])
         ]
@@ -173,9 +208,11 @@ class ObjectiveTrainer(Trainer):
         The generator lives on the LM head's device, where ``_objective``'s logits would be."""
         generator = self._generator(fused.fused_head(model).weight.device)
         per_sequence = self.loss_normalization == "sequences"
+        reference = self.reference.head(model, inputs) if self.reference is not None else None
         spec = fused.FusedObjective(
-            self.objective_name, labels, self.objective_params, generator, per_sequence=per_sequence
-        )
+            self.objective_name, labels, self.objective_params, generator, per_sequence=per_sequence,
+            reference=reference,
+        )  # fmt: skip
         result = model(**inputs, use_cache=False, fused_objective=spec)
         return self._per_sequence(result) if per_sequence else (result.loss, result)
 
@@ -188,8 +225,9 @@ class ObjectiveTrainer(Trainer):
             numerator, out = self._fused_objective(model, inputs, labels)
             outputs = CausalLMOutput()  # no logits on this path (filled with the loss below)
         else:
+            ref_logits = self.reference.logits(model, inputs) if self.reference is not None else None
             outputs = model(**inputs, use_cache=False)
-            numerator, out = self._objective(outputs.logits, labels)
+            numerator, out = self._objective(outputs.logits, labels, ref_logits)
         if num_items_in_batch is None:  # e.g. a lone evaluation batch: normalise by its own items
             num_items_in_batch = (
                 out.num_tokens
