@@ -5,8 +5,14 @@ lm-eval's own task definitions of the ``paper`` suite; plus the ``--set`` overri
 Fast tier: ``--set`` parsing and its one-line errors (exit 2, nothing written), the effective sweep file a
 sweep directory keeps, ``eval.dataset_overrides`` validation and group resolution, the stand-in
 tokenizers' save/reload, the hf backend's reset of checkpoint decoding defaults.
-Slow tier: the paper tasks on stand-in documents through lm-eval's task configs, and one end-to-end test
-per paper sweep file (the ``*_openr1`` ones train through the chat template on the dataset's messages).
+Slow tier: the paper tasks on stand-in documents through lm-eval's task configs (the same with lm-eval's
+task index built afresh and served from the harness's cache), one end-to-end test per paper sweep file (the
+``*_openr1`` ones train through the chat template on the dataset's messages), all eight in every
+``make test``, and the paper suite on the vllm backend (vLLM's CPU build, ``make vllm``).
+
+Time on 2 quiet cores (2026-12-01): ~70 s per sweep file (9 stage processes, 2 at a time, one thread each:
+~9 s per training, ~16 s per evaluation, of which ~1 s for lm-eval's task index, served from the cache),
+65-95 s for the vllm test (its engine start ~40-55 s), ~25 s to build the stand-ins.
 """
 
 from __future__ import annotations
@@ -28,10 +34,6 @@ from harness.paths import repo_root
 
 PAPER = sorted((repo_root() / "sweeps" / "paper").glob("*.yaml"))
 SWEEP = PAPER[0]
-# Rehearsed by default (in CI): one plain-text and one chat-template sweep, ~4-7 min each on 2 cores. The
-# other six run with OTR_HARNESS_REHEARSE_ALL=1 (each is a full plan -> train -> evaluate -> report).
-DEFAULT_REHEARSALS = {"qwen2.5-math-1.5b_numina", "llama-3.2-3b_openr1"}
-REHEARSE_ALL = os.environ.get("OTR_HARNESS_REHEARSE_ALL") == "1"
 
 
 # ------------------------------------------------------------------------------------------- --set
@@ -217,13 +219,33 @@ def test_hf_backend_resets_checkpoint_decoding_defaults(stand_ins):
     assert llama.generation_config.eos_token_id is not None  # what ends a generation is kept
 
 
+def _prompts(entries) -> dict[str, list]:
+    """Every request each entry's tasks build for their first document (few-shot context included)."""
+    import random
+
+    from lm_eval.defaults import DEFAULT_RANDOM_SEED
+
+    out = {}
+    for e in entries:
+        for name, task in sorted(e.task_manager.load([e.spec.task])["tasks"].items()):
+            random.seed(DEFAULT_RANDOM_SEED)  # gpqa shuffles its choices with `random` as it reads its docs
+            task.build_all_requests(limit=1)
+            out[name] = [inst.args for inst in task.instances]
+    return out
+
+
 @pytest.mark.slow
-def test_paper_tasks_read_stand_in_documents_through_their_own_configs(stand_ins):
+def test_paper_tasks_read_stand_in_documents_through_their_own_configs(stand_ins, monkeypatch):
     """Every entry of the paper suite builds through lm-eval's own task config with only the data location
-    replaced: documents load, prompts render, and the key (task hash) is the same in every load."""
+    replaced: documents load, prompts render, and the key (task hash) is the same in every load — and the
+    same, down to every prompt, whether lm-eval's task index was built afresh or served from the cache
+    (``harness.eval.task_index``: the rehearsal's evaluations, like every evaluation, use the cache)."""
+    from lm_eval.tasks import TaskManager
+    from lm_eval.tasks._index import TaskIndex
     from rehearsal import rehearse
 
     from harness.config.task_data import TaskDataLocation
+    from harness.eval import task_index
     from harness.eval.entries import check_tasks, load_for_run, resolve_entries
 
     _, built = stand_ins
@@ -231,11 +253,30 @@ def test_paper_tasks_read_stand_in_documents_through_their_own_configs(stand_ins
     cfg = EvalConfig(
         suites=["paper"], dataset_overrides={k: TaskDataLocation(**v) for k, v in locations.items()}
     )
-    (entries,) = resolve_entries([load_suite("paper")], None, cfg)
-    check_tasks(entries, cfg.model_copy(update={"allow_unsafe_code": True}), with_hashes=True)
+    unsafe_ok = cfg.model_copy(update={"allow_unsafe_code": True})
+    (entries,) = resolve_entries([load_suite("paper")], None, cfg)  # through the cache (stored if new)
+    check_tasks(entries, unsafe_ok, with_hashes=True)
     first = {e.spec.task: dict(e.task_hashes) for e in entries}
-    check_tasks(entries, cfg.model_copy(update={"allow_unsafe_code": True}), with_hashes=True)
+    check_tasks(entries, unsafe_ok, with_hashes=True)
     assert {e.spec.task: e.task_hashes for e in entries} == first  # gpqa shuffles its choices: seeded
+
+    with monkeypatch.context() as m:  # lm-eval's own TaskManager: the index built afresh
+        m.setattr(
+            task_index,
+            "task_manager",
+            lambda include, defaults=True: TaskManager(include_path=include, include_defaults=defaults),
+        )
+        (fresh,) = resolve_entries([load_suite("paper")], None, cfg)
+    with monkeypatch.context() as m:  # served: lm-eval must not build it again
+        m.setattr(TaskIndex, "build", staticmethod(lambda *a, **k: pytest.fail("index rebuilt, not served")))
+        (served,) = resolve_entries([load_suite("paper")], None, cfg)
+    assert served[0].task_manager.task_index == fresh[0].task_manager.task_index
+    assert list(served[0].task_manager.task_index) == list(fresh[0].task_manager.task_index)
+    for some in (fresh, served):
+        check_tasks(some, unsafe_ok, with_hashes=True)
+        assert {e.spec.task: e.task_hashes for e in some} == first
+    assert _prompts(served) == _prompts(fresh)
+
     for e in entries:
         tasks = load_for_run(e, 0, "hf")
         leaves = [t for t in e.task_manager.load([e.spec.task])["tasks"].values()]
@@ -277,25 +318,13 @@ def test_paper_metrics_score_a_right_answer_one_and_a_wrong_one_zero(stand_ins):
 
 @pytest.fixture(scope="session")
 def eval_cache(tmp_path_factory):
-    """One evaluation cache for the session: the two sweeps of a model share its base run's evaluation."""
+    """One evaluation cache for the session: the two sweeps of a model share its base run's evaluation
+    (the second sweep's base evaluation is served from it: ~12 s, process start and task checks)."""
     return tmp_path_factory.mktemp("eval_cache")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "sweep_file",
-    [
-        pytest.param(
-            p,
-            marks=pytest.mark.skipif(
-                not REHEARSE_ALL and p.stem not in DEFAULT_REHEARSALS,
-                reason="set OTR_HARNESS_REHEARSE_ALL=1 to rehearse every paper sweep (~5 min each)",
-            ),
-        )
-        for p in PAPER
-    ],
-    ids=[p.stem for p in PAPER],
-)
+@pytest.mark.parametrize("sweep_file", PAPER, ids=[p.stem for p in PAPER])
 def test_paper_sweep_rehearsal(sweep_file, stand_ins, eval_cache, tmp_path, monkeypatch):
     from rehearsal import rehearse
 
@@ -341,3 +370,44 @@ def test_rehearsal_swaps_only_model_data_and_sizes(tmp_path):
     for sweep_file in PAPER:
         for o in rehearse.overrides(sweep_file, tmp_path):
             assert o.startswith(allowed), o
+
+
+@pytest.mark.slow
+def test_paper_suite_on_the_vllm_backend(stand_ins, tmp_path, monkeypatch):
+    """The vllm backend on a stand-in vLLM's CPU build can run (head size 32): the base run of the
+    Qwen2.5-Math sweep's rehearsal with ``eval.backend: vllm``, launched as a sweep launches its evaluation
+    (the worker under the vLLM venv's python): every paper task scored, Avg@k's runs with vLLM's
+    per-request seeds. Skipped without a vLLM interpreter (CI builds one: ``make vllm``)."""
+    import subprocess
+
+    from rehearsal import rehearse
+
+    from harness.eval import backends
+    from harness.execution.launch import eval_command
+    from harness.runs.layout import RunDir
+
+    if backends.vllm_python() is None:  # CI sets OTR_HARNESS_REQUIRE_VLLM: there it must run
+        assert not os.environ.get("OTR_HARNESS_REQUIRE_VLLM"), "OTR_HARNESS_REQUIRE_VLLM but no .venv-vllm"
+        pytest.skip("no vLLM interpreter: `make vllm` creates .venv-vllm (or set OTR_HARNESS_VLLM_PYTHON)")
+    monkeypatch.setenv("OTR_HARNESS_EVAL_CACHE", str(tmp_path / "eval_cache"))
+    root, _ = stand_ins
+    sweep_file = next(p for p in PAPER if p.stem == "qwen2.5-math-1.5b_numina")
+    overrides = [*rehearse.overrides(sweep_file, root), "base.eval.backend=vllm"]
+    base = plan(sweep_file, overrides=overrides).runs[0].spec
+    assert not base.config.is_training
+    run = RunDir(tmp_path / "base")
+    run.write_config(base.config)
+    cmd = eval_command(run.path, base.config)
+    assert cmd[0] == backends.vllm_python() and cmd[-2:] == ["--backend", "vllm"]
+    log = tmp_path / "eval.log"
+    with log.open("w") as f:
+        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=os.environ.copy())
+    assert proc.returncode == 0 and run.is_done("eval"), log.read_text()[-3000:]
+
+    results = json.loads(run.results_file("paper").read_text())
+    assert results["settings"]["backend"] == "vllm" and results["settings"]["versions"]["vllm"]
+    assert set(results["tasks"]) == {t.task for t in load_suite("paper").tasks}
+    for task, r in results["tasks"].items():
+        assert r["value"] is not None and not math.isnan(float(r["value"])), (task, r)
+    gsm8k = results["tasks"]["gsm8k_cot"]
+    assert len(gsm8k["runs"]) == 2 and gsm8k["n"] == 1, gsm8k  # Avg@k capped by eval.max_samples

@@ -8,6 +8,7 @@ Modules, in dependency order (each imports only those above it, plus config / to
 - ``vllm_cpu``  in-process accommodations for vLLM's CPU build;
 - ``backends``  hf / vllm: discovery, resolution, the interpreter to use, model args, the lazy lm-eval model;
 - ``cache``     the evaluation cache, keyed by content hashes of the checkpoint and of the lm-eval tasks;
+- ``task_index`` lm-eval's task index kept on disk (a TaskManager without re-reading ~14,000 YAMLs);
 - ``entries``   suite entries as lm-eval sees them: task managers, pre-load checks, cache keys;
 - ``results``   primary metric, Avg@k statistics, the per-entry record, ``results.json``;
 - ``runner``    :func:`~harness.eval.runner.evaluate_suites`, the driver;

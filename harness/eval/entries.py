@@ -16,7 +16,7 @@ from typing import Any
 from harness.config import ConfigError, EvalConfig, ToyConfig
 from harness.config.suites import GenerationSettings, Suite, SuiteTask, UnsafeCodeError
 from harness.config.task_data import TaskDataLocation
-from harness.eval import code_tasks, task_data
+from harness.eval import code_tasks, task_data, task_index
 from harness.eval.backends import ModelSetup
 from harness.eval.cache import Samples, canonical_hash, task_hash
 from harness.paths import evaluation_dir
@@ -123,19 +123,18 @@ def resolve_entries(
     suites: list[Suite], toy: ToyConfig | None, cfg: EvalConfig | None = None
 ) -> list[list[Entry]]:
     """The entries of each suite, with their settings and a task manager per distinct task index
-    (building an index takes seconds: suites that share one share it). ConfigError for a task that is
+    (building an index takes seconds: suites that share one share it, and its index comes from the cache
+    of :mod:`harness.eval.task_index` when lm-eval's files are unchanged). ConfigError for a task that is
     not in its index. From ``cfg``: the caps ``max_samples`` / ``max_gen_toks`` and the tasks' data
     locations (``dataset_overrides``, applied to the index before any task is loaded)."""
     cfg = cfg or EvalConfig()
-    from lm_eval.tasks import TaskManager
-
     managers: dict[tuple[str | None, bool], Any] = {}
     by_suite: list[list[Entry]] = []
     for suite in suites:
         include = include_path(suite, toy)
         tm_key = (include, suite.builtin_tasks)
         if tm_key not in managers:
-            managers[tm_key] = TaskManager(include_path=include, include_defaults=suite.builtin_tasks)
+            managers[tm_key] = task_index.task_manager(include, suite.builtin_tasks)  # index: cached
         tm = managers[tm_key]
         entries = []
         for spec in suite.tasks:

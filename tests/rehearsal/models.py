@@ -135,7 +135,7 @@ def _train_bpe(family: str, corpus: list[str], vocab_size: int) -> Tokenizer:
     return tok
 
 
-def build(family: str, out: Path, corpus: list[str], vocab_size: int = 600) -> Path:
+def build(family: str, out: Path, corpus: list[str], vocab_size: int = 4096) -> Path:
     """Build the stand-in of ``family`` into ``out`` (model, tokenizer, generation config); returns ``out``."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, PreTrainedTokenizerFast

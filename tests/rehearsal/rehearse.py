@@ -105,7 +105,7 @@ def run(sweep_file: Path, work: Path, root: Path, chat: bool = False) -> tuple[i
         "--report-dir",
         str(reports),
         "--max-parallel",
-        "2",
+        "2",  # two stages at a time; on CPU each gets half the cores (harness.execution.local.device_slots)
     ]
     for o in overrides(sweep_file, root, chat):
         args += ["--set", o]
