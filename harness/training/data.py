@@ -229,17 +229,11 @@ def tokenize_example(
     }
 
 
-def build_dataset(
-    cfg: DatasetConfig, path: str, tokenizer, stats: dict[str, Any] | None = None, *, quiet: bool = False
-):
-    """Load, render and tokenize the training set. Returns a ``datasets.Dataset`` with input_ids/labels.
-
-    ``quiet``: no progress bars or ``datasets`` log records (a pre-flight check whose failure is one line).
-
-    Sets ``cfg.chat_template`` on ``tokenizer`` when given. ``stats``, if given, receives ``num_examples``,
-    ``num_truncated`` (examples cut to ``max_length``) and ``num_no_response`` (examples left without any
-    response token by truncation; they add nothing to the loss).
-    """
+def load_checked(cfg: DatasetConfig, path: str, tokenizer) -> tuple[Any, bool]:
+    """The raw training set (``load_raw``) after the checks every consumer needs before its per-example map:
+    a chat template where one is used, at least one example, the configured columns. Returns ``(raw,
+    chat)`` (``chat``: conversations go through the tokenizer's chat template). Sets ``cfg.chat_template``
+    on ``tokenizer`` when given. Each problem is one ``ConfigError`` line naming the field."""
     if cfg.chat_template is not None:
         tokenizer.chat_template = cfg.chat_template
     chat = uses_chat_template(cfg)
@@ -253,7 +247,7 @@ def build_dataset(
         raise ConfigError(
             f"dataset.path: {path} (split '{cfg.split}') has no examples; point dataset.path at the data"
         )
-    # Fail on a missing column before tokenizing anything (per-example checks follow in the map).
+    # Fail on a missing column before anything is mapped (per-example checks follow in the map).
     needed = (
         [(cfg.messages_field, "messages_field")]
         if cfg.messages_field is not None
@@ -262,6 +256,21 @@ def build_dataset(
     for field, key in needed:
         if field not in raw.column_names:
             raise _missing(field, key, raw[0], 0)
+    return raw, chat
+
+
+def build_dataset(
+    cfg: DatasetConfig, path: str, tokenizer, stats: dict[str, Any] | None = None, *, quiet: bool = False
+):
+    """Load, render and tokenize the training set. Returns a ``datasets.Dataset`` with input_ids/labels.
+
+    ``quiet``: no progress bars or ``datasets`` log records (a pre-flight check whose failure is one line).
+
+    Sets ``cfg.chat_template`` on ``tokenizer`` when given. ``stats``, if given, receives ``num_examples``,
+    ``num_truncated`` (examples cut to ``max_length``) and ``num_no_response`` (examples left without any
+    response token by truncation; they add nothing to the loss).
+    """
+    raw, chat = load_checked(cfg, path, tokenizer)
 
     def _map(example: dict[str, Any], index: int) -> dict[str, Any]:
         prompt, response = render(example, cfg, tokenizer, index)

@@ -44,7 +44,7 @@ from harness.objectives.params import GRPOParams, validate_params
 from harness.runs.io import atomic_write_json
 from harness.runs.layout import RunDir
 from harness.toy import resolve as resolve_ref
-from harness.training.data import load_raw, quiet_datasets, render, uses_chat_template
+from harness.training.data import load_checked, quiet_datasets, render
 from harness.training.model import add_lora, load_model, save_final
 from harness.training.phases import (
     DEVICE_FLAGS,
@@ -145,29 +145,7 @@ def build_prompts(
     Every problem is one ``ConfigError`` line naming the field and the example, as for SFT data, and a
     reference the reward cannot score (``toy`` without ``#### N``) is one too.
     """
-    if cfg.chat_template is not None:
-        tokenizer.chat_template = cfg.chat_template
-    chat = uses_chat_template(cfg)
-    if chat and not getattr(tokenizer, "chat_template", None):
-        key = "messages_field" if cfg.messages_field is not None else "template"
-        raise ConfigError(
-            f"dataset.{key}: the tokenizer has no chat template; set dataset.chat_template to a Jinja template"
-        )
-    raw = load_raw(cfg, path)
-    if len(raw) == 0:
-        raise ConfigError(
-            f"dataset.path: {path} (split '{cfg.split}') has no examples; point dataset.path at the data"
-        )
-    needed = (
-        [(cfg.messages_field, "messages_field")]
-        if cfg.messages_field is not None
-        else [(cfg.prompt_field, "prompt_field"), (cfg.response_field, "response_field")]
-    )
-    for field, key in needed:
-        if field not in raw.column_names:
-            raise ConfigError(
-                f"dataset.{key}: example 0 has no field '{field}' (fields: {', '.join(sorted(raw.column_names))})"
-            )
+    raw, chat = load_checked(cfg, path, tokenizer)
 
     def _map(example: dict[str, Any], index: int) -> dict[str, Any]:
         prompt, _ = render(example, cfg, tokenizer, index)  # validates the example as for SFT
