@@ -52,17 +52,14 @@ import torch
 from torch import nn
 
 from harness import objectives
+from harness.training.fusable import (
+    FusedHeadError,
+    causal_lm,
+    check_fusable,
+    refuse,
+)
 
 IGNORE_INDEX = objectives.IGNORE_INDEX
-# Config attributes that rescale or slice the logits after the head: refused (value None or 1 = absent).
-SCALING_ATTRS = ("logit_scale", "logits_scaling", "output_multiplier", "lm_head_multiplier")
-# Config attributes of a tanh soft-cap after the head (cap * tanh(z / cap)): handled.
-SOFTCAP_ATTRS = ("final_logit_softcapping", "logits_soft_cap")
-WAY_OUT = "use training_path: logits (or objectives.compute on model(...).logits)"
-
-
-class FusedHeadError(ValueError):
-    """This model's logits cannot be fused exactly. One line: model type, reason, way out."""
 
 
 @dataclass
@@ -172,74 +169,6 @@ class _FusedState:
 # ======================================================================================================
 # Finding the causal LM and checking its head
 # ======================================================================================================
-def causal_lm(model: nn.Module) -> nn.Module:
-    """The Hugging Face model inside ``model``: through DDP / FSDP / DeepSpeed (``.module``),
-    ``torch.compile`` (``._orig_mod``) and PEFT (``get_base_model()``) wrappers."""
-    from transformers import PreTrainedModel
-
-    m = model
-    for _ in range(16):
-        if isinstance(m, PreTrainedModel):
-            return m
-        if callable(getattr(m, "get_base_model", None)):
-            m = m.get_base_model()
-        elif isinstance(getattr(m, "module", None), nn.Module):
-            m = m.module
-        elif isinstance(getattr(m, "_orig_mod", None), nn.Module):
-            m = m._orig_mod
-        else:
-            break
-    raise FusedHeadError(
-        f"fused training path: {type(model).__name__} is not a Hugging Face model; {WAY_OUT}"
-    )
-
-
-def _config_value(config: Any, attr: str) -> Any:
-    """``attr`` of the config or of its text config (multimodal configs nest it), None if absent."""
-    for cfg in (config, config.get_text_config() if hasattr(config, "get_text_config") else None):
-        value = getattr(cfg, attr, None) if cfg is not None else None
-        if value is not None:
-            return value
-    return None
-
-
-def _refuse(lm: nn.Module, reason: str) -> FusedHeadError:
-    model_type = getattr(getattr(lm, "config", None), "model_type", "?")
-    return FusedHeadError(f"fused training path: {model_type} ({type(lm).__name__}) {reason}; {WAY_OUT}")
-
-
-def check_fusable(lm: nn.Module) -> tuple[nn.Linear, float | None]:
-    """The LM head of the causal LM ``lm`` and its soft-cap (None), or ``FusedHeadError`` (one line).
-
-    From the module types and the config only; ``enable_fused_objective`` also probes the forward.
-    """
-    get_head = getattr(lm, "get_output_embeddings", None)
-    head = get_head() if callable(get_head) else None
-    if head is None:
-        raise _refuse(lm, "has no LM head (get_output_embeddings() is None)")
-    if type(head) is not nn.Linear:
-        kind = type(head).__module__.split(".")[0]
-        what = " (LoRA or modules_to_save on lm_head)" if kind == "peft" else ""
-        raise _refuse(lm, f"has an LM head of type {kind}.{type(head).__name__}{what}, not a plain nn.Linear")
-    config = getattr(lm, "config", None)
-    for attr in SCALING_ATTRS:
-        value = _config_value(config, attr)
-        if value is not None and value != 1:
-            raise _refuse(lm, f"scales its logits ({attr}={value})")
-    unpadded = _config_value(config, "unpadded_vocab_size")
-    if unpadded is not None and unpadded < head.out_features:
-        raise _refuse(lm, f"slices its logits (unpadded_vocab_size={unpadded} < {head.out_features})")
-    softcap = None
-    for attr in SOFTCAP_ATTRS:
-        value = _config_value(config, attr)
-        if value is not None:
-            if not (isinstance(value, (int, float)) and value > 0):
-                raise _refuse(lm, f"has an unsupported {attr}={value!r}")
-            softcap = float(value)
-            break
-    return head, softcap
-
-
 # ======================================================================================================
 # The two patched forwards
 # ======================================================================================================
@@ -366,21 +295,21 @@ def _probe(lm: nn.Module, state: _FusedState) -> None:
             out = state.original_forward(input_ids=ids, use_cache=False)
     except Exception as e:  # noqa: BLE001 - any failure means we could not verify
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise _refuse(lm, f"could not run a probe forward ({msg}; verify=False skips it)") from None
+        raise refuse(lm, f"could not run a probe forward ({msg}; verify=False skips it)") from None
     finally:
         handle.remove()
     logits = out.logits if hasattr(out, "logits") else out[0]
     if len(captured) != 1:
-        raise _refuse(lm, f"calls its LM head {len(captured)} times per forward (expected once)")
+        raise refuse(lm, f"calls its LM head {len(captured)} times per forward (expected once)")
     raw = captured[0]
     if raw.shape != logits.shape:
-        raise _refuse(lm, f"returns logits of shape {tuple(logits.shape)}, its head {tuple(raw.shape)}")
+        raise refuse(lm, f"returns logits of shape {tuple(logits.shape)}, its head {tuple(raw.shape)}")
     expected = raw if state.softcap is None else torch.tanh(raw / state.softcap) * state.softcap
     eps = torch.finfo(raw.dtype).eps
     scale = float(expected.abs().max().clamp(min=1.0))
     if not torch.allclose(logits.to(raw.dtype).float(), expected.float(), rtol=8 * eps, atol=8 * eps * scale):
         cap = f"soft-capped at {state.softcap}" if state.softcap else "unchanged"
-        raise _refuse(lm, f"post-processes its logits (they are not its head's output, {cap})")
+        raise refuse(lm, f"post-processes its logits (they are not its head's output, {cap})")
 
 
 def reference_head(model: nn.Module, inputs: Mapping[str, Any]) -> ReferenceHead:
